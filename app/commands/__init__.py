@@ -1,0 +1,10 @@
+"""Subcommands of `lamini-serve`. Each module has `register(subparsers)` which adds its parser
+and sets `run` (a function taking the parsed args and returning an exit status)."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from app.commands import families
+
+COMMANDS: tuple[ModuleType, ...] = (families,)

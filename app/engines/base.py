@@ -1,0 +1,232 @@
+"""The engine protocol shared by every runtime, and the per-sequence bookkeeping they share.
+
+An engine turns a batch of tokenised prompts into generations. Everything that is the same for
+every runtime - incremental detokenisation, stop sequences, eos and length limits, cancellation,
+the per-token callback used for streaming - lives in `SequenceTracker`, so engines only map
+their runtime's step results onto `SequenceTracker.push`.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.families import EngineKind, Family
+
+
+class FinishReason(str, enum.Enum):
+    """Why a sequence stopped (TGI's names, plus our own for cancellation)."""
+
+    LENGTH = "length"
+    EOS = "eos_token"
+    STOP_SEQUENCE = "stop_sequence"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decoding settings that must be equal for every sequence of one engine batch."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    min_new_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class GeneratedToken:
+    """One generated token as TGI reports it."""
+
+    id: int
+    text: str
+    logprob: float
+    special: bool
+
+
+TokenCallback = Callable[[GeneratedToken], None]
+
+
+@dataclass
+class EngineRequest:
+    """One sequence of a batch: its prompt and its own limits.
+
+    `on_token` is called from the engine's thread for every generated token (streaming);
+    `is_cancelled` is polled every step so a disconnected client stops costing compute.
+    """
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+    on_token: TokenCallback | None = None
+    is_cancelled: Callable[[], bool] = lambda: False
+
+
+@dataclass
+class Generation:
+    """The result for one sequence: its tokens, raw text and why it ended.
+
+    `text` is the decoded text of the generated tokens without special tokens, ending with the
+    stop sequence when one matched (as TGI returns it); tidying is the service's job.
+    """
+
+    prompt_ids: list[int]
+    tokens: list[GeneratedToken]
+    text: str
+    finish_reason: FinishReason
+    stop_sequence: str | None = None
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [token.id for token in self.tokens]
+
+
+@dataclass
+class SequenceTracker:
+    """Follows one sequence while it is generated; decides when it is finished.
+
+    Detokenisation is incremental in the way TGI does it: text is emitted only once the bytes
+    decode cleanly, so multi-byte characters split over tokens are never sent half-way.
+    """
+
+    request: EngineRequest
+    tokenizer: Any
+    eos_token_ids: frozenset[int]
+    tokens: list[GeneratedToken] = field(default_factory=list)
+    text: str = ""
+    finish_reason: FinishReason | None = None
+    stop_sequence: str | None = None
+    _ids: list[int] = field(default_factory=list)
+    _prefix_offset: int = 0
+    _read_offset: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def _next_text(self) -> str:
+        """Text added by the newest token (empty while a character is incomplete)."""
+        decode = self.tokenizer.decode
+        before = decode(self._ids[self._prefix_offset : self._read_offset], skip_special_tokens=True)
+        after = decode(self._ids[self._prefix_offset :], skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self._prefix_offset = self._read_offset
+            self._read_offset = len(self._ids)
+            return after[len(before) :]
+        return ""
+
+    def push(self, token_id: int, logprob: float = math.nan) -> bool:
+        """Record a generated token; return True when the sequence is finished."""
+        if self.done:
+            return True
+        if self.request.is_cancelled():
+            self.finish_reason = FinishReason.CANCELLED
+            return True
+        is_eos = token_id in self.eos_token_ids
+        special = is_eos or token_id in getattr(self.tokenizer, "all_special_ids", ())
+        self._ids.append(token_id)
+        piece = "" if special else self._next_text()
+        token = GeneratedToken(
+            id=token_id,
+            text=self.tokenizer.decode([token_id], skip_special_tokens=False) if special else piece,
+            logprob=float(logprob),
+            special=special,
+        )
+        self.tokens.append(token)
+        self.text += piece
+        if is_eos:
+            self.finish_reason = FinishReason.EOS
+        elif (stop := self._matched_stop(piece)) is not None:
+            self.finish_reason = FinishReason.STOP_SEQUENCE
+            self.stop_sequence = stop
+        elif len(self.tokens) >= self.request.max_new_tokens:
+            self.finish_reason = FinishReason.LENGTH
+        if self.request.on_token is not None:
+            self.request.on_token(token)
+        return self.done
+
+    def _matched_stop(self, piece: str) -> str | None:
+        """The first stop sequence that the newest text completes, if any.
+
+        The text is cut right after the stop sequence: a token may carry text beyond it.
+        """
+        if not piece:
+            return None
+        for stop in self.request.stop:
+            window_start = max(0, len(self.text) - len(piece) - len(stop) + 1)
+            found = self.text.find(stop, window_start)
+            if found != -1:
+                self.text = self.text[: found + len(stop)]
+                return stop
+        return None
+
+    def finish(self) -> Generation:
+        """The generation as it stands; a sequence the engine ended without a reason hit length."""
+        if self.finish_reason is None:
+            self.finish_reason = FinishReason.LENGTH
+        return Generation(
+            prompt_ids=list(self.request.prompt_ids),
+            tokens=list(self.tokens),
+            text=self.text,
+            finish_reason=self.finish_reason,
+            stop_sequence=self.stop_sequence,
+        )
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What `/info` and the logs say about a loaded engine."""
+
+    kind: EngineKind
+    device: str
+    quantization: str
+    max_input_tokens: int
+    max_total_tokens: int
+
+
+class Engine(ABC):
+    """A loaded model that generates for batches of tokenised prompts.
+
+    Engines are not thread-safe: the batcher owns one and calls it from one worker thread.
+    """
+
+    family: Family
+    tokenizer: Any
+    info: EngineInfo
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
+        return frozenset(ids)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids for already formatted text (the format decides special tokens)."""
+        add_special = not self.family.prompt_format.bos_text
+        return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+    def generate(
+        self, requests: Sequence[EngineRequest], sampling: SamplingParams
+    ) -> list[Generation]:
+        """Generate for every request in one batch; results are in request order."""
+        if not requests:
+            return []
+        trackers = [SequenceTracker(r, self.tokenizer, self.eos_token_ids) for r in requests]
+        self._generate(trackers, sampling)
+        return [tracker.finish() for tracker in trackers]
+
+    @abstractmethod
+    def _generate(self, trackers: list[SequenceTracker], sampling: SamplingParams) -> None:
+        """Run the runtime, pushing every new token of sequence i into trackers[i].
+
+        Must stop feeding (and, where the runtime allows, stop computing) a sequence once its
+        tracker reports done.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most runtimes free on GC
+        """Release runtime resources (threads, sessions)."""
