@@ -53,7 +53,8 @@ class TwinSpec:
 
     @property
     def cache_name(self) -> str:
-        return f"{self.hub_id.replace('/', '--')}@{self.size.value}-seed{self.seed}"
+        # No '@': transformers warns about checkpoint folder names that are not identifiers.
+        return f"{self.hub_id.replace('/', '--')}--{self.size.value}-seed{self.seed}"
 
 
 def parse_twin(name: str) -> TwinSpec | None:

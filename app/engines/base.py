@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.errors import ModelSourceError
 from app.families import EngineKind, Family
 
 
@@ -113,7 +114,9 @@ class SequenceTracker:
     def _next_text(self) -> str:
         """Text added by the newest token (empty while a character is incomplete)."""
         decode = self.tokenizer.decode
-        before = decode(self._ids[self._prefix_offset : self._read_offset], skip_special_tokens=True)
+        before = decode(
+            self._ids[self._prefix_offset : self._read_offset], skip_special_tokens=True
+        )
         after = decode(self._ids[self._prefix_offset :], skip_special_tokens=True)
         if len(after) > len(before) and not after.endswith("\ufffd"):
             self._prefix_offset = self._read_offset
@@ -188,6 +191,41 @@ class EngineInfo:
     quantization: str
     max_input_tokens: int
     max_total_tokens: int
+
+
+# Tokenizers without a real limit report a huge sentinel `model_max_length`; anything above this
+# is treated as "not set".
+_UNSET_TOKENIZER_LIMIT = 1_000_000
+# T5 was trained on 512 input tokens (relative positions, no hard limit) and the LaMini and
+# flant5-dolly cards generate at most 512 new tokens.
+_SEQ2SEQ_MAX_INPUT_TOKENS = 512
+_SEQ2SEQ_MAX_NEW_TOKENS = 512
+
+
+def limits_from_config(config: Any, tokenizer: Any, family: Family) -> tuple[int, int]:
+    """`(max_input_tokens, max_total_tokens)` of a checkpoint, for every engine alike.
+
+    Decoder-only models are bounded by their position table: the prompt plus the generated
+    tokens must fit, and at least one token must be generated. Encoder-decoder models are
+    bounded by what they were trained on: the input limit and the new-token limit add up.
+    """
+    if family.is_seq2seq:
+        limit = getattr(tokenizer, "model_max_length", None)
+        max_input = (
+            int(limit)
+            if isinstance(limit, int) and 0 < limit < _UNSET_TOKENIZER_LIMIT
+            else _SEQ2SEQ_MAX_INPUT_TOKENS
+        )
+        return max_input, max_input + _SEQ2SEQ_MAX_NEW_TOKENS
+    positions = getattr(config, "n_positions", None) or getattr(
+        config, "max_position_embeddings", None
+    )
+    if not positions:
+        raise ModelSourceError(
+            f"the {family.name} checkpoint config has neither n_positions nor "
+            "max_position_embeddings, so its context length is unknown"
+        )
+    return int(positions) - 1, int(positions)
 
 
 class Engine(ABC):
