@@ -1,0 +1,170 @@
+"""The CTranslate2 engine: a `Translator` for T5 models, a `Generator` for decoder-only ones.
+
+CTranslate2 takes token strings and reports each decoding step through a callback; the callback
+feeds `SequenceTracker.push`, and returning the tracker's verdict stops that row, so stop
+sequences, per-request limits and cancellation end a row at the step they happen.
+
+Two behaviours of `Generator.generate_batch(include_prompt_in_result=False)` shape `_generate`:
+prompts longer than the batch's shortest one are finished token by token in the decoding loop
+(those forced steps are not reported and do not count towards `max_length`), except when the
+shortest prompt is a single token - then the forced prompt tokens come back as if generated.
+One-token prompts therefore run as their own batch when the lengths are mixed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import ctranslate2
+from transformers import AutoTokenizer
+
+from app.engines.base import (
+    Engine,
+    EngineInfo,
+    SamplingParams,
+    SequenceTracker,
+    limits_from_config,
+)
+from app.errors import ModelSourceError
+from app.families import EngineKind, Family
+from conversion.ctranslate2 import SOURCE_CONFIG_NAME
+
+
+def resolve_ct2_device(setting: str) -> str:
+    """`auto` means CUDA when CTranslate2 sees a GPU, else CPU."""
+    if setting != "auto":
+        return setting
+    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+
+
+def compute_type_for(quantization: str, device: str) -> str:
+    """The stored precision if the device computes it efficiently, else the nearest one it does
+    (a float16 entry runs in float32 on a CPU, an int8_float16 one in int8_float32)."""
+    supported = ctranslate2.get_supported_compute_types(device)
+    if quantization in supported:
+        return quantization
+    if quantization.startswith("int8") and "int8_float32" in supported:
+        return "int8_float32"
+    return "float32"
+
+
+@dataclass(frozen=True)
+class _DecodingOptions:
+    """Keyword arguments shared by `translate_batch` and `generate_batch`."""
+
+    sampling: SamplingParams
+    end_token: list[int]
+
+    def as_kwargs(self) -> dict[str, Any]:
+        sampling = self.sampling
+        return {
+            "beam_size": 1,
+            "sampling_topk": (sampling.top_k if sampling.do_sample else 1),
+            "sampling_topp": sampling.top_p if sampling.do_sample else 1.0,
+            "sampling_temperature": sampling.temperature if sampling.do_sample else 1.0,
+            "repetition_penalty": sampling.repetition_penalty,
+            "end_token": self.end_token,
+            "return_scores": True,  # the step callback reports log-probs only with scores on
+        }
+
+
+def _feed(trackers: list[SequenceTracker]) -> Callable[[Any], bool]:
+    """The step callback: push the token into its row's tracker; True stops that row."""
+
+    def on_step(step: Any) -> bool:
+        log_prob = step.log_prob if step.log_prob is not None else float("nan")
+        return trackers[step.batch_id].push(step.token_id, log_prob)
+
+    return on_step
+
+
+def _length_groups(trackers: list[SequenceTracker]) -> list[list[SequenceTracker]]:
+    """The batch as CTranslate2 can run it correctly: one-token prompts apart from longer ones
+    when both occur (see the module docstring)."""
+    one_token = [t for t in trackers if len(t.request.prompt_ids) == 1]
+    longer = [t for t in trackers if len(t.request.prompt_ids) != 1]
+    return [group for group in (one_token, longer) if group]
+
+
+class CTranslate2Engine(Engine):
+    """A CTranslate2 model directory from the store (converted by `conversion.ctranslate2`)."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        family: Family,
+        quantization: str,
+        device: str = "auto",
+        intra_threads: int = 0,
+        inter_threads: int = 1,
+    ) -> None:
+        self.family = family
+        self.device = resolve_ct2_device(device)
+        compute_type = compute_type_for(quantization, self.device)
+        runtime = ctranslate2.Translator if family.is_seq2seq else ctranslate2.Generator
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+            self.model = runtime(
+                str(model_dir),
+                device=self.device,
+                compute_type=compute_type,
+                intra_threads=intra_threads,
+                inter_threads=inter_threads,
+            )
+            config = json.loads((model_dir / SOURCE_CONFIG_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RuntimeError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelSourceError(
+                f"cannot load the CTranslate2 model in {model_dir}: {reason}"
+            ) from None
+        max_input, max_total = limits_from_config(SimpleNamespace(**config), self.tokenizer, family)
+        self.info = EngineInfo(
+            kind=EngineKind.CTRANSLATE2,
+            device=self.device,
+            quantization=compute_type,
+            max_input_tokens=max_input,
+            max_total_tokens=max_total,
+        )
+
+    def _tokens(self, trackers: list[SequenceTracker]) -> list[list[str]]:
+        return [self.tokenizer.convert_ids_to_tokens(t.request.prompt_ids) for t in trackers]
+
+    def _options(self, sampling: SamplingParams) -> dict[str, Any]:
+        return _DecodingOptions(sampling, sorted(self.eos_token_ids)).as_kwargs()
+
+    def _generate(self, trackers: list[SequenceTracker], sampling: SamplingParams) -> None:
+        if sampling.seed is not None:
+            ctranslate2.set_random_seed(sampling.seed)
+        if self.family.is_seq2seq:
+            self._translate(trackers, sampling)
+        else:
+            for group in _length_groups(trackers):
+                self._continue(group, sampling)
+
+    def _translate(self, trackers: list[SequenceTracker], sampling: SamplingParams) -> None:
+        self.model.translate_batch(
+            self._tokens(trackers),
+            max_input_length=0,
+            max_decoding_length=max(t.request.max_new_tokens for t in trackers),
+            min_decoding_length=sampling.min_new_tokens,
+            callback=_feed(trackers),
+            **self._options(sampling),
+        )
+
+    def _continue(self, trackers: list[SequenceTracker], sampling: SamplingParams) -> None:
+        """Decoder-only generation; the longest prompt bounds the room left in the context."""
+        wanted = max(t.request.max_new_tokens for t in trackers)
+        room = self.info.max_total_tokens - max(len(t.request.prompt_ids) for t in trackers)
+        self.model.generate_batch(
+            self._tokens(trackers),
+            max_length=max(1, min(wanted, room)),
+            min_length=sampling.min_new_tokens,
+            include_prompt_in_result=False,
+            callback=_feed(trackers),
+            **self._options(sampling),
+        )

@@ -1,0 +1,61 @@
+"""Hugging Face checkpoint -> ONNX Runtime model directory (optimum export).
+
+Encoder-decoder models become an encoder plus decoders with and without past key values,
+decoder-only models one decoder with past key values, so generation reuses its cache as in
+transformers. `int8` adds optimum's dynamic quantisation (weights int8, activations quantised on
+the fly), which needs no calibration data. The tokenizer travels with the model.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from app.errors import ConversionError
+from app.families import Family
+
+ONNX_QUANTIZATIONS = ("float32", "int8")
+
+
+def ort_model_class(family: Family) -> type:
+    """The optimum ORT model class that runs `family` (export and inference alike)."""
+    from optimum.onnxruntime import ORTModelForCausalLM, ORTModelForSeq2SeqLM
+
+    return ORTModelForSeq2SeqLM if family.is_seq2seq else ORTModelForCausalLM
+
+
+def _quantize_dynamic_int8(model_dir: Path) -> None:
+    """Replace every ONNX graph in `model_dir` by its dynamically int8-quantised version."""
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    config = AutoQuantizationConfig.avx2(is_static=False, per_channel=False)
+    with tempfile.TemporaryDirectory(dir=model_dir.parent) as scratch:
+        for graph in sorted(model_dir.glob("*.onnx")):
+            quantizer = ORTQuantizer.from_pretrained(model_dir, file_name=graph.name)
+            quantizer.quantize(config, save_dir=scratch, file_suffix="int8")
+            shutil.move(Path(scratch) / f"{graph.stem}_int8.onnx", graph)
+
+
+def convert_to_onnx(checkpoint_dir: Path, out_dir: Path, family: Family, quantization: str) -> None:
+    """Write the ONNX export of `checkpoint_dir` (with its tokenizer) into `out_dir`."""
+    from transformers import AutoTokenizer
+
+    if quantization not in ONNX_QUANTIZATIONS:
+        raise ConversionError(
+            f"ONNX quantization {quantization!r} is not supported; "
+            f"use one of: {', '.join(ONNX_QUANTIZATIONS)}"
+        )
+    try:
+        model = ort_model_class(family).from_pretrained(
+            str(checkpoint_dir), export=True, use_cache=True, local_files_only=True
+        )
+    except (OSError, ValueError) as exc:
+        raise ConversionError(
+            f"optimum cannot export {checkpoint_dir} to ONNX: {str(exc).splitlines()[0]}"
+        ) from None
+    model.save_pretrained(str(out_dir))
+    if quantization == "int8":
+        _quantize_dynamic_int8(out_dir)
+    AutoTokenizer.from_pretrained(str(checkpoint_dir)).save_pretrained(str(out_dir))
