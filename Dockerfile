@@ -25,7 +25,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Everything a deployment keeps lives under /data: the model store, the Hugging Face cache and
 # twin checkpoints. Every LAMINI_* setting can be overridden with `docker run -e`.
 ENV LAMINI_HOST=0.0.0.0 \
-    LAMINI_PORT=8000 \
+    LAMINI_PORT=8080 \
     LAMINI_LOG_FORMAT=json \
     LAMINI_STORE_DIR=/data/store \
     LAMINI_TWIN_CACHE_DIR=/data/twins \
@@ -76,11 +76,11 @@ COPY --from=serve-venv /opt/lamini /opt/lamini
 USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
-EXPOSE 8000
+EXPOSE 8080
 # uvicorn drains in-flight requests on SIGTERM; give it `docker stop -t 30` (compose sets
 # stop_grace_period) for long generations.
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('LAMINI_PORT', '8000') + '/health', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('LAMINI_PORT', '8080') + '/health', timeout=4)"]
 ENTRYPOINT ["lamini-serve"]
 CMD ["serve"]

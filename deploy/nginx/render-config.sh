@@ -12,7 +12,7 @@ set -eu
 here=$(dirname "$0")
 template=${1:-$here/lamini.conf.template}
 output=${2:-/etc/nginx/conf.d/default.conf}
-: "${LAMINI_UPSTREAMS:?set LAMINI_UPSTREAMS to the replica addresses, e.g. lamini:8000}"
+: "${LAMINI_UPSTREAMS:?set LAMINI_UPSTREAMS to the replica addresses, e.g. lamini:8080}"
 LAMINI_LB_PORT=${LAMINI_LB_PORT:-8080}
 
 servers=""

@@ -1,0 +1,359 @@
+"""What the deployment tests share: the Dockerfile read as stages, and nginx and Prometheus run
+from the very files in deploy/ on free loopback ports, as plain child processes.
+
+No Docker engine exists where the tests run, so the tests check the images by reading the
+Dockerfile, and run the commands the images run (the same entrypoint, the same environment
+variables) directly. nginx and Prometheus are Debian's binaries (`.ci/install-system-deps`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEPLOY_DIR = REPO_ROOT / "deploy"
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+COMPOSE_FILE = DEPLOY_DIR / "compose.yaml"
+NGINX_TEMPLATE = DEPLOY_DIR / "nginx" / "lamini.conf.template"
+NGINX_RENDER_SCRIPT = DEPLOY_DIR / "nginx" / "render-config.sh"
+PROMETHEUS_CONFIG = DEPLOY_DIR / "prometheus" / "prometheus.yml"
+DASHBOARD = DEPLOY_DIR / "grafana" / "dashboards" / "lamini-serve.json"
+REPLICA_JOB = "lamini"
+
+
+def require_binary(name: str) -> str:
+    """Path of a system binary the deployment tests need; a clear failure when it is missing."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
+    if path is None:
+        raise AssertionError(f"{name} is not installed; run .ci/install-system-deps")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `check` until it is true; fail with `what` when it never becomes true."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def answers_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+# --- Dockerfile ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    arguments: str
+
+    def exec_form(self) -> list[str]:
+        """The JSON array of an exec-form CMD/ENTRYPOINT/HEALTHCHECK (flags stripped)."""
+        text = self.arguments[self.arguments.index("[") :]
+        words = json.loads(text)
+        assert all(isinstance(word, str) for word in words), text
+        return words
+
+
+@dataclass
+class Stage:
+    name: str
+    base: str
+    instructions: list[Instruction] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[Instruction]:
+        return [i for i in self.instructions if i.keyword == keyword]
+
+    def last(self, keyword: str) -> Instruction:
+        found = self.all(keyword)
+        assert found, f"stage {self.name!r} has no {keyword}"
+        return found[-1]
+
+    def env(self) -> dict[str, str]:
+        """ENV of this stage alone (`KEY=value` pairs, the form this Dockerfile uses)."""
+        values: dict[str, str] = {}
+        for instruction in self.all("ENV"):
+            for pair in shlex.split(instruction.arguments):
+                key, _, value = pair.partition("=")
+                values[key] = value
+        return values
+
+
+@dataclass(frozen=True)
+class Dockerfile:
+    args: dict[str, str]
+    stages: list[Stage]
+
+    def stage(self, name: str) -> Stage:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise AssertionError(f"Dockerfile has no stage {name!r}")
+
+    def lineage(self, name: str) -> list[Stage]:
+        """The stage and the stages it is built FROM, nearest first."""
+        chain = [self.stage(name)]
+        names = {stage.name for stage in self.stages}
+        while chain[-1].base in names:
+            chain.append(self.stage(chain[-1].base))
+        return chain
+
+    def env(self, name: str) -> dict[str, str]:
+        """ENV a container of stage `name` starts with (inherited through FROM)."""
+        merged: dict[str, str] = {}
+        for stage in reversed(self.lineage(name)):
+            merged.update(stage.env())
+        return merged
+
+
+def _logical_lines(text: str) -> Iterator[str]:
+    """Instructions with backslash continuations joined, comments and blank lines dropped."""
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("#") or not line:
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        yield pending + line
+        pending = ""
+    assert not pending, "Dockerfile ends inside a continued line"
+
+
+def parse_dockerfile(path: Path = DOCKERFILE) -> Dockerfile:
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in _logical_lines(path.read_text()):
+        keyword, _, arguments = line.partition(" ")
+        keyword, arguments = keyword.upper(), arguments.strip()
+        if keyword == "FROM":
+            words = arguments.split()
+            base = words[0]
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else base
+            stages.append(Stage(name=name, base=base))
+        elif not stages:
+            assert keyword == "ARG", f"only ARG may come before the first FROM, not {keyword}"
+            key, _, default = arguments.partition("=")
+            args[key] = default
+        else:
+            stages[-1].instructions.append(Instruction(keyword, arguments))
+    return Dockerfile(args=args, stages=stages)
+
+
+def load_compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+# --- child processes -------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """A process the tests started, with its output in a log file for failure messages."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_child(
+    name: str, command: list[str], log: Path, env: Mapping[str, str] | None = None
+) -> Child:
+    handle = log.open("wb")
+    process = subprocess.Popen(
+        command, stdout=handle, stderr=subprocess.STDOUT, env=dict(env or os.environ)
+    )
+    handle.close()
+    return Child(name, process, log)
+
+
+@contextmanager
+def running(child: Child, ready: Callable[[], bool], timeout_s: float) -> Iterator[Child]:
+    """Wait for `child` to be ready, yield it, always stop it."""
+    try:
+        wait_until(lambda: ready() or child.process.poll() is not None, timeout_s, f"{child.name}")
+        if child.process.poll() is not None:
+            raise AssertionError(f"{child.name} exited early:\n{child.output()}")
+        yield child
+    finally:
+        child.stop()
+
+
+# --- nginx -----------------------------------------------------------------------------------
+
+
+def render_nginx_include(upstreams: list[str], lb_port: int, output: Path) -> Path:
+    """deploy/nginx/lamini.conf.template rendered by deploy's own script, as compose does."""
+    env = {
+        **os.environ,
+        "LAMINI_UPSTREAMS": " ".join(upstreams),
+        "LAMINI_LB_PORT": str(lb_port),
+    }
+    subprocess.run(
+        ["sh", str(NGINX_RENDER_SCRIPT), str(NGINX_TEMPLATE), str(output)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    return output
+
+
+def write_nginx_main_config(prefix: Path, include: Path) -> Path:
+    """The part of nginx.conf the nginx image provides: an `http {}` around our include, with
+    every path nginx writes kept inside `prefix` so it runs unprivileged on any port."""
+    for directory in ("logs", "temp"):
+        (prefix / directory).mkdir(parents=True, exist_ok=True)
+    temp_paths = "\n".join(
+        f"    {kind}_temp_path {prefix}/temp/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    config = prefix / "nginx.conf"
+    config.write_text(
+        f"""worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log info;
+events {{ worker_connections 512; }}
+http {{
+    access_log {prefix}/logs/access.log;
+{temp_paths}
+    include {include};
+}}
+"""
+    )
+    return config
+
+
+def nginx_command(prefix: Path, config: Path, *extra: str) -> list[str]:
+    return [
+        require_binary("nginx"),
+        "-p",
+        str(prefix),
+        "-c",
+        str(config),
+        "-e",
+        str(prefix / "logs" / "error.log"),
+        "-g",
+        "daemon off;",
+        *extra,
+    ]
+
+
+def check_nginx_config(prefix: Path, config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        nginx_command(prefix, config, "-t"), capture_output=True, text=True, check=False
+    )
+
+
+# --- Prometheus ------------------------------------------------------------------------------
+
+
+def prometheus_config_for(targets: list[str], self_address: str) -> dict[str, Any]:
+    """deploy/prometheus/prometheus.yml with the replica job's DNS discovery (compose service
+    names) replaced by static loopback targets, and 1 s intervals so a test sees results fast.
+    Everything else (paths, timeouts, rule files, job names) is the deployed file's."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    config["global"]["scrape_interval"] = "1s"
+    config["global"]["evaluation_interval"] = "1s"
+    config["rule_files"] = [
+        str(PROMETHEUS_CONFIG.parent / pattern) for pattern in config.get("rule_files", [])
+    ]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    replica_job = jobs[REPLICA_JOB]
+    assert "dns_sd_configs" in replica_job, "the replica job should discover replicas by DNS"
+    del replica_job["dns_sd_configs"]
+    replica_job["static_configs"] = [{"targets": targets}]
+    replica_job["scrape_timeout"] = "1s"
+    jobs["prometheus"]["static_configs"] = [{"targets": [self_address]}]
+    return config
+
+
+class PrometheusAPI:
+    """The few HTTP API calls the tests make."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.base_url}/api/v1/query", params={"query": expr}, timeout=5)
+        body = response.json()
+        assert body.get("status") == "success", f"query {expr!r} failed: {body}"
+        return body["data"]["result"]
+
+    def targets(self, job: str) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.base_url}/api/v1/targets", timeout=5)
+        active = response.json()["data"]["activeTargets"]
+        return [target for target in active if target["labels"].get("job") == job]
+
+
+# --- the commands the images run -------------------------------------------------------------
+
+_COMPOSE_VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def interpolate(text: str, variables: Mapping[str, str]) -> str:
+    """Compose's `${NAME}` / `${NAME:-default}` substitution."""
+    return _COMPOSE_VARIABLE.sub(
+        lambda match: variables.get(match.group(1)) or (match.group(2) or ""), text
+    )
+
+
+def image_command(stage: str, command: list[str] | None = None) -> list[str]:
+    """What a container of `stage` runs: ENTRYPOINT + (the compose `command` or CMD), with the
+    entrypoint resolved to the console script installed next to this interpreter."""
+    dockerfile = parse_dockerfile()
+    entrypoint = dockerfile.stage(stage).last("ENTRYPOINT").exec_form()
+    arguments = command if command is not None else dockerfile.stage(stage).last("CMD").exec_form()
+    executable = Path(sys.executable).parent / entrypoint[0]
+    assert executable.exists(), f"{entrypoint[0]} is not installed next to {sys.executable}"
+    return [str(executable), *entrypoint[1:], *arguments]
+
+
+def compose_service_command(service: str, variables: Mapping[str, str]) -> list[str]:
+    """The command compose runs for `service` (its image's entrypoint + its `command`)."""
+    spec = load_compose()["services"][service]
+    command = [interpolate(word, variables) for word in spec["command"]]
+    return image_command(spec["build"]["target"], command)
