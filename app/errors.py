@@ -7,6 +7,10 @@ class LaminiError(Exception):
     """Base class: every error a user can act on. The message says what to do next."""
 
 
+class ConfigurationError(LaminiError):
+    """A setting (LAMINI_* environment variable or command-line flag) has an invalid value."""
+
+
 class FamilyResolutionError(LaminiError):
     """The family of a model could not be decided (unknown id, unknown or ambiguous checkpoint)."""
 

@@ -216,20 +216,27 @@ def _family_hint_help() -> str:
 
 
 def _match_hints(text: str, candidates: Iterable[Family]) -> list[Family]:
-    """Families whose name hint occurs in `text`; the longest hint wins on overlaps."""
+    """Families whose name hint occurs in `text`; an exact hub id decides on its own."""
     lowered = text.lower().replace("_", "-")
     exact = family_for_hub_id(text)
     if exact is not None:
         return [exact] if exact in candidates else []
-    matches = [f for f in candidates if any(hint in lowered for hint in f.name_hints)]
-    return matches
+    return [f for f in candidates if any(hint in lowered for hint in f.name_hints)]
 
 
-def _hub_id_from_cache_path(part: str) -> str:
-    """`models--MBZUAI--LaMini-GPT-124M` (the huggingface_hub cache layout) -> `MBZUAI/...`."""
-    if part.startswith("models--"):
-        return part.removeprefix("models--").replace("--", "/")
-    return part
+def _directory_names(directory: Path) -> list[str]:
+    """The names a checkpoint directory itself carries: its own name, and for a snapshot in the
+    huggingface_hub cache (`models--MBZUAI--LaMini-GPT-124M/snapshots/<commit>`) the hub id.
+
+    Parent folders are not asked: a checkpoint kept under `~/dolly-experiments/` is not a
+    flant5-dolly model for that.
+    """
+    resolved = directory.resolve()
+    names = [resolved.name]
+    repo_folder = resolved.parent.parent.name
+    if resolved.parent.name == "snapshots" and repo_folder.startswith("models--"):
+        names.append(repo_folder.removeprefix("models--").replace("--", "/"))
+    return names
 
 
 def family_for_checkpoint(directory: Path, explicit: str | None = None) -> Family:
@@ -237,7 +244,7 @@ def family_for_checkpoint(directory: Path, explicit: str | None = None) -> Famil
 
     An explicit family always wins. Otherwise the architecture (`model_type` in config.json)
     narrows the candidates and the model's name picks one of them: the hub id recorded by a twin,
-    then `_name_or_path`, then the directory path (including hub cache folders). Two families
+    then `_name_or_path`, then the directory's own name (or its hub cache folder). Two families
     that share an architecture are never guessed between: raw T5 and newline-hack T5 differ only
     in the prompt, so a wrong guess silently ruins every answer.
     """
@@ -250,10 +257,17 @@ def family_for_checkpoint(directory: Path, explicit: str | None = None) -> Famil
         )
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise FamilyResolutionError(f"cannot read {config_path}: {exc}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FamilyResolutionError(f"cannot read {config_path}: {exc}") from None
+    if not isinstance(config, dict):
+        raise FamilyResolutionError(f"{config_path} is not a JSON object")
     model_type = str(config.get("model_type", ""))
-    candidates = [f for f in FAMILIES if f.model_type == model_type]
+    architectures = config.get("architectures") or []
+    candidates = [
+        f
+        for f in FAMILIES
+        if f.model_type == model_type or (not model_type and f.architecture in architectures)
+    ]
     if not candidates:
         supported = sorted({f.model_type for f in FAMILIES})
         raise FamilyResolutionError(
@@ -264,7 +278,7 @@ def family_for_checkpoint(directory: Path, explicit: str | None = None) -> Famil
         str(config.get(SOURCE_MODEL_CONFIG_KEY) or ""),
         str(config.get("_name_or_path") or ""),
     ]
-    names += [_hub_id_from_cache_path(part) for part in reversed(directory.resolve().parts)]
+    names += _directory_names(directory)
     for name in filter(None, names):
         matches = _match_hints(name, candidates)
         if len(matches) == 1:

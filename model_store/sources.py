@@ -100,10 +100,16 @@ def _download(hub_id: str, revision: str | None) -> tuple[Path, str | None]:
         RevisionNotFoundError,
     )
 
+    known = canonical_hub_id(hub_id)
+    twin_hint = (
+        f"or try the offline twin `twin:{known}@tiny`"
+        if known
+        else "or try an offline twin such as `twin:MBZUAI/LaMini-Flan-T5-248M@tiny` "
+        "(`lamini-serve families` lists the ids)"
+    )
     fix = (
         f"download it on a connected machine with `huggingface-cli download {hub_id} "
-        f"--local-dir DIR`, copy DIR here and pass DIR instead of the hub id; or try the "
-        f"offline twin `twin:{canonical_hub_id(hub_id) or hub_id}@tiny`"
+        f"--local-dir DIR`, copy DIR here and pass DIR instead of the hub id; {twin_hint}"
     )
     try:
         patterns = list(_CHECKPOINT_PATTERNS)
@@ -155,3 +161,20 @@ def resolve_source(
     explicit = get_family(family) if family else None
     resolved = explicit or family_for_hub_id(name) or family_for_checkpoint(directory)
     return ModelSource(name, directory, resolved, resolved_revision)
+
+
+def resolve_family(name: str, *, twin_cache_dir: Path, family: str | None = None) -> Family:
+    """The family of `name`, without downloading or building anything the registry knows.
+
+    Formatting a prompt needs only the family, so a known hub id or twin works offline here
+    even when its checkpoint is not on this machine.
+    """
+    if family:
+        return get_family(family)
+    twin = parse_twin(name)
+    if twin is None and Path(name).expanduser().is_dir():
+        return family_for_checkpoint(Path(name).expanduser())
+    known = family_for_hub_id(twin.hub_id if twin else name)
+    if known is not None:
+        return known
+    return resolve_source(name, twin_cache_dir=twin_cache_dir).family

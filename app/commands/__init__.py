@@ -5,6 +5,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from app.commands import families
+from app.commands import families, generate, prompt, twin
 
-COMMANDS: tuple[ModuleType, ...] = (families,)
+COMMANDS: tuple[ModuleType, ...] = (families, twin, prompt, generate)

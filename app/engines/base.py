@@ -193,6 +193,16 @@ class EngineInfo:
     max_total_tokens: int
 
 
+def encode_prompt(tokenizer: Any, family: Family, text: str) -> list[int]:
+    """Token ids for already formatted text.
+
+    A format that writes its bos token as text (OPT's `</s>`) must not get a second one from
+    the tokenizer; every other format keeps the tokenizer's own special tokens (T5's `</s>`).
+    """
+    add_special = not family.prompt_format.bos_text
+    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+
 # Tokenizers without a real limit report a huge sentinel `model_max_length`; anything above this
 # is treated as "not set".
 _UNSET_TOKENIZER_LIMIT = 1_000_000
@@ -245,8 +255,7 @@ class Engine(ABC):
 
     def encode(self, text: str) -> list[int]:
         """Token ids for already formatted text (the format decides special tokens)."""
-        add_special = not self.family.prompt_format.bos_text
-        return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+        return encode_prompt(self.tokenizer, self.family, text)
 
     def generate(
         self, requests: Sequence[EngineRequest], sampling: SamplingParams

@@ -20,7 +20,6 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
-    AutoTokenizer,
     GenerationConfig,
     LogitsProcessorList,
     StoppingCriteriaList,
@@ -36,7 +35,7 @@ from app.engines.base import (
     SequenceTracker,
     limits_from_config,
 )
-from app.errors import ModelSourceError
+from app.engines.loading import checkpoint_load_errors, load_tokenizer
 from app.families import EngineKind, Family
 
 
@@ -106,20 +105,11 @@ class TransformersEngine(Engine):
         if threads > 0:
             torch.set_num_threads(threads)
         auto_model = AutoModelForSeq2SeqLM if family.is_seq2seq else AutoModelForCausalLM
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(
-                str(checkpoint_dir), trust_remote_code=False
-            )
+        self.tokenizer = load_tokenizer(checkpoint_dir, family)
+        with checkpoint_load_errors(checkpoint_dir, family, "transformers"):
             model = auto_model.from_pretrained(
                 str(checkpoint_dir), dtype=torch.float32, trust_remote_code=False
             )
-        # transformers reports broken or incomplete checkpoints with any of these.
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ModelSourceError(
-                f"cannot load the {family.name} checkpoint in {checkpoint_dir} with "
-                f"transformers: {reason}"
-            ) from None
         self.model = model.to(self.device).eval()
         self._pad_token_id = (
             self.tokenizer.pad_token_id

@@ -1,0 +1,133 @@
+"""`lamini-serve generate MODEL "instruction"`: one answer from the command line.
+
+The same path the server takes for one request - family prompt format, tokenizer, engine,
+tidying - so a model can be checked without starting a server. Sampling defaults to what the
+family's model card recommends; `--greedy` makes the output reproducible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+from app.commands.common import (
+    add_model_options,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+    settings_from_args,
+)
+from app.engines.base import EngineRequest, Generation, SamplingParams
+from app.errors import ConfigurationError
+from app.families import Family
+from model_store.resolver import LoadedModel, load_model
+
+
+def register(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser(
+        "generate",
+        help="generate an answer to one instruction",
+        description="Format INSTRUCTION for the model's family, generate, and print the tidied "
+        "answer. Sampling follows the family's model card unless flags say otherwise.",
+    )
+    parser.add_argument("model", metavar="MODEL", help="hub id, checkpoint dir or twin:<hub id>")
+    parser.add_argument("instruction", metavar="INSTRUCTION", help="the user's instruction")
+    add_model_options(parser)
+    parser.add_argument(
+        "--max-new-tokens", type=positive_int, metavar="N", help="most tokens to generate"
+    )
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding (reproducible)")
+    parser.add_argument("--seed", type=non_negative_int, metavar="N", help="sampling seed")
+    parser.add_argument("--temperature", type=positive_float, metavar="T")
+    parser.add_argument("--top-p", type=probability, metavar="P")
+    parser.add_argument("--top-k", type=non_negative_int, metavar="K", help="0 = off")
+    parser.add_argument("--repetition-penalty", type=positive_float, metavar="R")
+    parser.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="stop when this text is generated (repeatable)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(run=run)
+
+
+def sampling_from_args(family: Family, args: argparse.Namespace) -> SamplingParams:
+    """The model card's recommended settings with the user's flags on top."""
+    card = family.recommended
+    return SamplingParams(
+        do_sample=card.do_sample and not args.greedy,
+        temperature=args.temperature if args.temperature is not None else card.temperature,
+        top_p=args.top_p if args.top_p is not None else card.top_p,
+        top_k=args.top_k if args.top_k is not None else 0,
+        repetition_penalty=(
+            args.repetition_penalty
+            if args.repetition_penalty is not None
+            else card.repetition_penalty
+        ),
+        seed=args.seed,
+    )
+
+
+def _request(loaded: LoadedModel, model_input: str, args: argparse.Namespace) -> EngineRequest:
+    """The engine request for the formatted instruction; refuses a prompt the model cannot
+    take instead of letting the runtime fail on it."""
+    engine, family = loaded.engine, loaded.source.family
+    prompt_ids = engine.encode(model_input)
+    if len(prompt_ids) > engine.info.max_input_tokens:
+        raise ConfigurationError(
+            f"the instruction is {len(prompt_ids)} tokens after formatting; {loaded.name} "
+            f"takes at most {engine.info.max_input_tokens}"
+        )
+    return EngineRequest(
+        prompt_ids=prompt_ids,
+        max_new_tokens=args.max_new_tokens or family.recommended.max_new_tokens,
+        stop=tuple(dict.fromkeys([*family.prompt_format.stop_sequences, *args.stop])),
+    )
+
+
+def _as_json(
+    loaded: LoadedModel,
+    model_input: str,
+    generation: Generation,
+    tidied: str,
+    generate_seconds: float,
+) -> str:
+    return json.dumps(
+        {
+            "model": loaded.name,
+            "family": loaded.source.family.name,
+            "engine": loaded.engine.info.kind.value,
+            "model_input": model_input,
+            "prompt_tokens": len(generation.prompt_ids),
+            "text": generation.text,
+            "tidied_text": tidied,
+            "tokens": [dataclasses.asdict(token) for token in generation.tokens],
+            "finish_reason": generation.finish_reason.value,
+            "stop_sequence": generation.stop_sequence,
+            "timings": {"load_seconds": loaded.load_seconds, "generate_seconds": generate_seconds},
+        },
+        ensure_ascii=False,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if any(not stop for stop in args.stop):
+        raise ConfigurationError("--stop needs a non-empty text")
+    loaded = load_model(args.model, settings_from_args(args))
+    family = loaded.source.family
+    model_input = family.prompt_format.wrap(args.instruction)
+    request = _request(loaded, model_input, args)
+    started = time.perf_counter()
+    generation = loaded.engine.generate([request], sampling_from_args(family, args))[0]
+    generate_seconds = time.perf_counter() - started
+    tidied = family.prompt_format.tidy(generation.text)
+    if args.json:
+        print(_as_json(loaded, model_input, generation, tidied, generate_seconds))
+    else:
+        print(tidied)
+    return 0

@@ -1,0 +1,51 @@
+"""`lamini-serve prompt MODEL "instruction"`: show the exact text (and tokens) a model gets.
+
+The prompt format is the most common reason a small instruction model "doesn't work", so the
+formatted input is one command away, byte for byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from app.commands.common import add_model_options, settings_from_args
+from app.engines.base import encode_prompt
+from app.engines.loading import load_tokenizer
+from model_store.sources import resolve_family, resolve_source
+
+
+def register(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser(
+        "prompt",
+        help="print the exact model input for an instruction",
+        description="Print the instruction wrapped in the model family's prompt format, exactly "
+        "as the tokenizer receives it (no trailing newline is added).",
+    )
+    parser.add_argument("model", metavar="MODEL", help="hub id, checkpoint dir or twin:<hub id>")
+    parser.add_argument("instruction", metavar="INSTRUCTION", help="the user's instruction")
+    parser.add_argument(
+        "--tokens",
+        action="store_true",
+        help="also print the token ids on a second line (loads the model's tokenizer)",
+    )
+    add_model_options(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    family = resolve_family(
+        args.model, twin_cache_dir=settings.twin_cache_dir, family=settings.family
+    )
+    text = family.prompt_format.wrap(args.instruction)
+    output = text
+    if args.tokens:
+        source = resolve_source(
+            args.model, twin_cache_dir=settings.twin_cache_dir, family=family.name
+        )
+        ids = encode_prompt(load_tokenizer(source.checkpoint_dir, family), family, text)
+        output += "\n" + " ".join(str(token_id) for token_id in ids) + "\n"
+    sys.stdout.write(output)
+    sys.stdout.flush()
+    return 0
