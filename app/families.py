@@ -209,9 +209,8 @@ def canonical_hub_id(hub_id: str) -> str | None:
 
 
 def _family_hint_help() -> str:
-    return (
-        "pass --family NAME (or LAMINI_FAMILY) to say which one it is; families: "
-        + ", ".join(family_names())
+    return "pass --family NAME (or LAMINI_FAMILY) to say which one it is; families: " + ", ".join(
+        family_names()
     )
 
 
@@ -243,10 +242,11 @@ def family_for_checkpoint(directory: Path, explicit: str | None = None) -> Famil
     """Decide the family of a local Hugging Face checkpoint directory.
 
     An explicit family always wins. Otherwise the architecture (`model_type` in config.json)
-    narrows the candidates and the model's name picks one of them: the hub id recorded by a twin,
-    then `_name_or_path`, then the directory's own name (or its hub cache folder). Two families
-    that share an architecture are never guessed between: raw T5 and newline-hack T5 differ only
-    in the prompt, so a wrong guess silently ruins every answer.
+    narrows the candidates and the model's name picks one of them: the hub id recorded by a
+    twin, then `_name_or_path`, then the directory's own name (or its hub cache folder); an
+    architecture only one family has decides on its own. Two families that share an
+    architecture are never guessed between: raw T5 and newline-hack T5 differ only in the
+    prompt, so a wrong guess silently ruins every answer.
     """
     if explicit:
         return get_family(explicit)
@@ -283,6 +283,8 @@ def family_for_checkpoint(directory: Path, explicit: str | None = None) -> Famil
         matches = _match_hints(name, candidates)
         if len(matches) == 1:
             return matches[0]
+    if len(candidates) == 1:
+        return candidates[0]
     choices = ", ".join(f.name for f in candidates)
     raise FamilyResolutionError(
         f"cannot tell which family the {model_type} checkpoint {directory} belongs to "
