@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from app.errors import ConversionError
@@ -48,9 +49,11 @@ def convert_to_onnx(checkpoint_dir: Path, out_dir: Path, family: Family, quantiz
             f"use one of: {', '.join(ONNX_QUANTIZATIONS)}"
         )
     try:
-        model = ort_model_class(family).from_pretrained(
-            str(checkpoint_dir), export=True, use_cache=True, local_files_only=True
-        )
+        with warnings.catch_warnings():  # the torch tracer warns about every data-dependent branch
+            warnings.simplefilter("ignore")
+            model = ort_model_class(family).from_pretrained(
+                str(checkpoint_dir), export=True, use_cache=True, local_files_only=True
+            )
     except (OSError, ValueError) as exc:
         raise ConversionError(
             f"optimum cannot export {checkpoint_dir} to ONNX: {str(exc).splitlines()[0]}"

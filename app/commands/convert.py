@@ -1,0 +1,138 @@
+"""`lamini-serve convert MODEL`: convert a model for CTranslate2 or ONNX Runtime into the store.
+
+Conversion of a full-size model takes a while and prints nothing of its own, so each stage is
+announced on stderr with its duration (and, on a terminal, a ticking clock), and a summary says
+where the entry is, how big it is and how long it took. Converting again reuses the entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
+
+from app.commands.common import settings_from_args
+from app.families import EngineKind, family_names
+from conversion.publish import QUANTIZATIONS
+from model_store.resolver import choose_engine, ensure_converted, quantization_for
+from model_store.sources import resolve_source
+
+
+def add_quantization_option(parser: argparse.ArgumentParser) -> None:
+    """`--quantization`: which precision of a converted model to use (or make)."""
+    parser.add_argument(
+        "--quantization",
+        dest="quantization",
+        choices=sorted({q for names in QUANTIZATIONS.values() for q in names}),
+        help="weights precision (default: int8 for ct2 on CPU, float16 on CUDA, else float32)",
+    )
+
+
+def add_store_option(parser: argparse.ArgumentParser) -> None:
+    """`--store DIR`: where converted models live."""
+    parser.add_argument(
+        "--store",
+        dest="store_dir",
+        metavar="DIR",
+        help="model store directory (default: LAMINI_STORE_DIR or the user cache)",
+    )
+
+
+def register(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser(
+        "convert", help="convert a model for CTranslate2 or ONNX Runtime into the model store"
+    )
+    parser.add_argument("model", help="hub id, local checkpoint dir or twin:<hub id>[@tiny]")
+    parser.add_argument(
+        "--engine",
+        dest="engine",
+        choices=[EngineKind.CTRANSLATE2.value, EngineKind.ONNX.value],
+        help="target engine (default: the family's preferred engine)",
+    )
+    add_quantization_option(parser)
+    add_store_option(parser)
+    parser.add_argument(
+        "--family", dest="family", metavar="NAME", help=f"family ({', '.join(family_names())})"
+    )
+    parser.add_argument(
+        "--device",
+        dest="device",
+        choices=["auto", "cpu", "cuda"],
+        help="device the model will run on (decides the default quantization)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="convert again even when a valid entry exists"
+    )
+    parser.set_defaults(run=run)
+
+
+class StageDisplay:
+    """Announces stages on a stream; on a terminal the running stage shows its elapsed time."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._live = stream.isatty()
+
+    @contextmanager
+    def stage(self, label: str) -> Iterator[None]:
+        started = time.perf_counter()
+        stop = threading.Event()
+        ticker = threading.Thread(target=self._tick, args=(label, started, stop), daemon=True)
+        self._write(f"{label} ...", newline=not self._live)
+        if self._live:
+            ticker.start()
+        outcome = "failed"
+        try:
+            yield
+            outcome = f"done ({time.perf_counter() - started:.1f} s)"
+        finally:
+            stop.set()
+            if ticker.is_alive():
+                ticker.join()
+            self._write(f"{label} ... {outcome}", newline=True)
+
+    def _tick(self, label: str, started: float, stop: threading.Event) -> None:
+        while not stop.wait(0.5):
+            self._write(f"{label} ... {time.perf_counter() - started:.0f} s", newline=False)
+
+    def _write(self, text: str, *, newline: bool) -> None:
+        prefix = "\r\033[K" if self._live else ""
+        self._stream.write(prefix + text + ("\n" if newline else ""))
+        self._stream.flush()
+
+
+def format_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    display = StageDisplay(sys.stderr)
+    with display.stage(f"resolving {args.model}"):
+        source = resolve_source(
+            args.model, twin_cache_dir=settings.twin_cache_dir, family=settings.family
+        )
+    engine = choose_engine(source.family, settings.engine)
+    quantization = quantization_for(engine, settings)
+    with display.stage(f"converting {source.family.name} for {engine.value} ({quantization})"):
+        outcome = ensure_converted(source, engine, settings, force=args.force)
+    if outcome.replaced_problem:
+        print(f"replaced a broken entry: {outcome.replaced_problem}", file=sys.stderr)
+    manifest = outcome.entry.manifest
+    status = "converted" if outcome.built else "already in the store (use --force to redo)"
+    print(f"{status}: {args.model}")
+    print(f"  engine:       {manifest.engine.value} ({manifest.quantization})")
+    print(f"  family:       {manifest.family}")
+    print(f"  size:         {format_size(manifest.size_bytes)}")
+    print(f"  convert time: {manifest.conversion_seconds:.1f} s")
+    print(f"  path:         {outcome.entry.path}")
+    return 0
