@@ -6,6 +6,7 @@ the server load models the same way.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,9 @@ from app.errors import EngineUnavailableError
 from app.families import EngineKind, Family
 from app.settings import Settings
 from model_store.sources import ModelSource, resolve_source
+from model_store.store import BuildOutcome, ModelStore, read_manifest
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,12 +42,9 @@ def resolve_device(setting: str) -> str:
 
 
 def choose_engine(family: Family, setting: str) -> EngineKind:
-    """The engine to run `family` on: the one asked for, or for `auto` the best one available.
-
-    Only the transformers engine exists so far, so `auto` means transformers for every family.
-    """
+    """The engine to run `family` on: the one asked for, or the family's preferred one (auto)."""
     if setting == "auto":
-        return EngineKind.TRANSFORMERS
+        return family.preferred_engine
     kind = EngineKind(setting)
     if kind not in family.engines:
         raise EngineUnavailableError(
@@ -56,7 +57,33 @@ def choose_engine(family: Family, setting: str) -> EngineKind:
 def open_engine(
     kind: EngineKind, checkpoint_dir: Path, family: Family, settings: Settings
 ) -> Engine:
-    """Open `checkpoint_dir` on the engine `kind`."""
+    """Open `checkpoint_dir` on the engine `kind`.
+
+    For CTranslate2 and ONNX, `checkpoint_dir` is a model store entry (see `load_model`); its
+    manifest says the quantization.
+    """
+    if kind is EngineKind.CTRANSLATE2:
+        from app.engines.ctranslate2_engine import CTranslate2Engine
+
+        return CTranslate2Engine(
+            checkpoint_dir,
+            family,
+            read_manifest(checkpoint_dir).quantization,
+            device=settings.device,
+            intra_threads=settings.intra_threads,
+            inter_threads=settings.inter_threads,
+        )
+    if kind is EngineKind.ONNX:
+        from app.engines.onnx_engine import OnnxEngine
+
+        return OnnxEngine(
+            checkpoint_dir,
+            family,
+            read_manifest(checkpoint_dir).quantization,
+            device=settings.device,
+            intra_threads=settings.intra_threads,
+            inter_threads=settings.inter_threads,
+        )
     if kind is EngineKind.TRANSFORMERS:
         from app.engines.transformers_engine import TransformersEngine
 
@@ -66,9 +93,41 @@ def open_engine(
             device=resolve_device(settings.device),
             threads=settings.intra_threads,
         )
-    raise EngineUnavailableError(
-        f"the {kind.value} engine is not available yet; use --backend transformers"
-    )
+    raise EngineUnavailableError(f"unknown engine {kind.value!r}")
+
+
+def engine_device(kind: EngineKind, setting: str) -> str:
+    """The device `kind` will run on for the device setting (each runtime detects CUDA itself)."""
+    if kind is EngineKind.CTRANSLATE2:
+        from app.engines.ctranslate2_engine import resolve_ct2_device
+
+        return resolve_ct2_device(setting)
+    if kind is EngineKind.ONNX:
+        from app.engines.onnx_engine import resolve_onnx_provider
+
+        return "cpu" if resolve_onnx_provider(setting) == "CPUExecutionProvider" else "cuda"
+    return resolve_device(setting)
+
+
+def quantization_for(kind: EngineKind, settings: Settings) -> str:
+    """The configured quantization, else int8 for CTranslate2 on CPU, float16 on CUDA and
+    float32 for the other engines."""
+    from conversion.publish import default_quantization
+
+    return settings.quantization or default_quantization(kind, engine_device(kind, settings.device))
+
+
+def ensure_converted(
+    source: ModelSource, kind: EngineKind, settings: Settings, *, force: bool = False
+) -> BuildOutcome:
+    """The store entry of `source` for `kind`, converting it on first use."""
+    from conversion.publish import convert_into_store
+
+    store = ModelStore(settings.store_dir)
+    outcome = convert_into_store(source, kind, quantization_for(kind, settings), store, force=force)
+    if outcome.replaced_problem:
+        logger.warning("rebuilt a broken model store entry: %s", outcome.replaced_problem)
+    return outcome
 
 
 def load_model(name: str, settings: Settings) -> LoadedModel:
@@ -76,10 +135,22 @@ def load_model(name: str, settings: Settings) -> LoadedModel:
     started = time.perf_counter()
     source = resolve_source(name, twin_cache_dir=settings.twin_cache_dir, family=settings.family)
     kind = choose_engine(source.family, settings.engine)
-    engine = open_engine(kind, source.checkpoint_dir, source.family, settings)
+    model_dir, convert_seconds = source.checkpoint_dir, None
+    if kind is EngineKind.TRANSFORMERS:
+        if settings.quantization not in (None, "float32"):
+            raise EngineUnavailableError(
+                f"the transformers engine runs float32 only, not {settings.quantization}; "
+                "use --backend ct2 or onnx for quantized models"
+            )
+    else:
+        outcome = ensure_converted(source, kind, settings)
+        model_dir = outcome.entry.path
+        convert_seconds = outcome.entry.manifest.conversion_seconds if outcome.built else None
+    engine = open_engine(kind, model_dir, source.family, settings)
     return LoadedModel(
         name=name,
         source=source,
         engine=engine,
         load_seconds=time.perf_counter() - started,
+        convert_seconds=convert_seconds,
     )

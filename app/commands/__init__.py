@@ -5,6 +5,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from app.commands import families, generate, prompt, twin
+from app.commands import convert, families, generate, models, prompt, twin
 
-COMMANDS: tuple[ModuleType, ...] = (families, twin, prompt, generate)
+COMMANDS: tuple[ModuleType, ...] = (families, twin, prompt, generate, convert, models)

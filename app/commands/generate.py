@@ -20,6 +20,7 @@ from app.commands.common import (
     probability,
     settings_from_args,
 )
+from app.commands.convert import add_quantization_option, add_store_option
 from app.engines.base import EngineRequest, Generation, SamplingParams
 from app.errors import ConfigurationError
 from app.families import Family
@@ -36,6 +37,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("model", metavar="MODEL", help="hub id, checkpoint dir or twin:<hub id>")
     parser.add_argument("instruction", metavar="INSTRUCTION", help="the user's instruction")
     add_model_options(parser)
+    add_quantization_option(parser)
+    add_store_option(parser)
     parser.add_argument(
         "--max-new-tokens", type=positive_int, metavar="N", help="most tokens to generate"
     )
@@ -102,6 +105,7 @@ def _as_json(
             "model": loaded.name,
             "family": loaded.source.family.name,
             "engine": loaded.engine.info.kind.value,
+            "quantization": loaded.engine.info.quantization,
             "model_input": model_input,
             "prompt_tokens": len(generation.prompt_ids),
             "text": generation.text,
@@ -109,7 +113,11 @@ def _as_json(
             "tokens": [dataclasses.asdict(token) for token in generation.tokens],
             "finish_reason": generation.finish_reason.value,
             "stop_sequence": generation.stop_sequence,
-            "timings": {"load_seconds": loaded.load_seconds, "generate_seconds": generate_seconds},
+            "timings": {
+                "load_seconds": loaded.load_seconds,
+                "convert_seconds": loaded.convert_seconds,
+                "generate_seconds": generate_seconds,
+            },
         },
         ensure_ascii=False,
     )
