@@ -1,0 +1,152 @@
+"""Ratios between lamini-serve and every other system, computed from one run's measurements,
+and the issue's targets checked against them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from benchmarks.options import SystemName
+from benchmarks.results import Measurement, SystemRun
+
+# The concurrency the throughput targets are stated at (the largest measured one if absent).
+TARGET_CONCURRENCY = 32
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """lamini-serve's figure over another system's, and the target it should reach."""
+
+    name: str
+    max_new_tokens: int
+    quantization: str
+    lamini: float
+    other: float
+    ratio: float
+    target: float
+    higher_is_better: bool
+    lamini_variant: str
+    other_variant: str
+
+    @property
+    def met(self) -> bool:
+        if math.isnan(self.ratio):
+            return False
+        return self.ratio >= self.target if self.higher_is_better else self.ratio <= self.target
+
+
+def best_measurement(
+    runs: Iterable[SystemRun], system: SystemName, **fields: object
+) -> Measurement | None:
+    """The highest-throughput measurement of `system` whose fields equal `fields`."""
+    matches = [
+        m
+        for run in runs
+        if run.system is system and run.ok
+        for m in run.measurements
+        if m.requests and all(getattr(m, name) == value for name, value in fields.items())
+    ]
+    return max(matches, key=lambda m: m.tokens_per_s, default=None)
+
+
+def reference_concurrency(concurrency: list[int]) -> int:
+    return TARGET_CONCURRENCY if TARGET_CONCURRENCY in concurrency else max(concurrency)
+
+
+def _throughput_comparisons(
+    runs: list[SystemRun], n: int, quantization: str, at: int
+) -> list[Comparison]:
+    loaded = best_measurement(
+        runs,
+        SystemName.LAMINI,
+        max_new_tokens=n,
+        quantization=quantization,
+        concurrency=at,
+        streaming=False,
+    )
+    baselines: list[tuple[str, SystemName, dict[str, object], float]] = [
+        ("vs sequential pipeline", SystemName.PIPELINE, {}, 10),
+        ("vs best batched pipeline", SystemName.PIPELINE_BATCHED, {}, 3),
+        (f"vs LitServe c={at}", SystemName.LITSERVE, {"concurrency": at, "streaming": False}, 3),
+        (
+            "vs raw engine best batch",
+            SystemName.RAW_ENGINE,
+            {"quantization": quantization, "static_prompt": False},
+            0.9,
+        ),
+    ]
+    comparisons = []
+    for name, system, fields, target in baselines:
+        other = best_measurement(runs, system, max_new_tokens=n, **fields)
+        if loaded is None or other is None:
+            continue
+        comparisons.append(
+            Comparison(
+                name=f"throughput c={at} {name}",
+                max_new_tokens=n,
+                quantization=quantization,
+                lamini=loaded.tokens_per_s,
+                other=other.tokens_per_s,
+                ratio=loaded.tokens_per_s / other.tokens_per_s,
+                target=target,
+                higher_is_better=True,
+                lamini_variant=loaded.variant,
+                other_variant=f"{other.quantization} {other.variant}",
+            )
+        )
+    return comparisons
+
+
+def _latency_comparison(runs: list[SystemRun], n: int, quantization: str) -> list[Comparison]:
+    single = best_measurement(
+        runs,
+        SystemName.LAMINI,
+        max_new_tokens=n,
+        quantization=quantization,
+        concurrency=1,
+        streaming=False,
+    )
+    raw = best_measurement(
+        runs,
+        SystemName.RAW_ENGINE,
+        max_new_tokens=n,
+        quantization=quantization,
+        batch_size=1,
+        static_prompt=False,
+    )
+    if single is None or raw is None:
+        return []
+    return [
+        Comparison(
+            name="single-request p50 latency vs raw engine batch=1",
+            max_new_tokens=n,
+            quantization=quantization,
+            lamini=single.latency_p50_s,
+            other=raw.latency_p50_s,
+            ratio=single.latency_p50_s / raw.latency_p50_s,
+            target=1.1,
+            higher_is_better=False,
+            lamini_variant=single.variant,
+            other_variant=raw.variant,
+        )
+    ]
+
+
+def compare(
+    runs: list[SystemRun],
+    max_new_tokens: list[int],
+    quantizations: list[str],
+    concurrency: list[int],
+) -> list[Comparison]:
+    """Every ratio the issue asks for, per output length and lamini-serve quantisation."""
+    at = reference_concurrency(concurrency)
+    return [
+        comparison
+        for n in max_new_tokens
+        for quantization in quantizations
+        for comparison in [
+            *_throughput_comparisons(runs, n, quantization, at),
+            *_latency_comparison(runs, n, quantization),
+        ]
+    ]

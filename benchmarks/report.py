@@ -1,0 +1,279 @@
+"""Writing a run's results: the JSON record, a markdown summary and two PNG plots.
+
+Everything is derived from the `SystemRun` records, so a report can be regenerated from the
+JSON file alone (`python -m benchmarks.report RESULT.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from benchmarks.comparison import Comparison, best_measurement, compare
+from benchmarks.options import BenchOptions, SystemName
+from benchmarks.results import Measurement, SystemRun
+
+# Line styles of the horizontal baseline lines (one per baseline, at most four quantisations).
+_BASELINE_STYLES = ("--", "-.", ":", (0, (5, 1)), (0, (1, 3)), (0, (3, 1, 1, 1)))
+
+
+class BenchReport(BaseModel):
+    """The whole record of one run (the JSON file's schema)."""
+
+    date: str
+    model: str
+    family: str
+    engine: str
+    quick: bool
+    machine: dict[str, object]
+    options: BenchOptions
+    systems: list[SystemRun]
+    wall_s: float
+
+    def comparisons(self) -> list[Comparison]:
+        return compare(
+            self.systems,
+            self.options.max_new_tokens,
+            self.options.quantizations,
+            self.options.concurrency,
+        )
+
+    def to_json(self) -> str:
+        record = json.loads(self.model_dump_json())
+        record["comparisons"] = [{**vars(c), "met": c.met} for c in self.comparisons()]
+        return json.dumps(record, indent=1, allow_nan=True)
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _measurement_row(m: Measurement) -> list[str]:
+    return [
+        m.system.value,
+        m.quantization,
+        m.variant,
+        str(m.max_new_tokens),
+        _fmt(m.tokens_per_s, 1),
+        _fmt(m.requests_per_s, 2),
+        _fmt(m.latency_p50_s),
+        _fmt(m.latency_p95_s),
+        _fmt(m.latency_p99_s),
+        _fmt(m.ttft_p50_s),
+        str(m.requests),
+        str(m.short_outputs),
+        str(m.errors),
+    ]
+
+
+def markdown(report: BenchReport) -> str:
+    machine = report.machine
+    lines = [
+        f"# Benchmark: {report.model} ({report.family}, engine {report.engine})",
+        "",
+        f"{report.date}{' - quick mode (tiny twin, smoke only)' if report.quick else ''}; "
+        f"{machine.get('cpu_model')}, {machine.get('usable_cores')} usable cores, "
+        f"{machine.get('memory_gib')} GiB; load average at start "
+        f"{machine.get('load_average_at_start')}; run took {report.wall_s:.0f}s.",
+        "",
+        "Libraries: "
+        + ", ".join(f"{k} {v}" for k, v in dict(machine.get("libraries", {})).items()),
+        "",
+        "## Targets (lamini-serve / other system, same run)",
+        "",
+    ]
+    lines += _table(
+        ["comparison", "new tokens", "quant", "lamini-serve", "other", "ratio", "target", "met"],
+        (
+            [
+                c.name,
+                str(c.max_new_tokens),
+                c.quantization,
+                f"{_fmt(c.lamini, 3)} ({c.lamini_variant})",
+                f"{_fmt(c.other, 3)} ({c.other_variant})",
+                _fmt(c.ratio, 2),
+                ("≥ " if c.higher_is_better else "≤ ") + f"{c.target:g}",
+                "yes" if c.met else "**no**",
+            ]
+            for c in report.comparisons()
+        ),
+    )
+    lines += ["", "## Systems", ""]
+    lines += _table(
+        ["system", "ok", "peak RSS MiB", "threads", "cold start (s)", "notes"],
+        (
+            [
+                run.system.value,
+                "yes" if run.ok else f"**failed**: {run.error}",
+                _fmt(run.peak_rss_mb or math.nan, 0),
+                ", ".join(f"{k}: {v}" for k, v in run.threads.items()) or "-",
+                ", ".join(f"{k} {v:.1f}" for k, v in run.cold_start_s.items()) or "-",
+                "; ".join(run.notes) or "-",
+            ]
+            for run in report.systems
+        ),
+    )
+    lines += ["", "## Measurements (warm-up excluded; latency and TTFT in seconds)", ""]
+    lines += _table(
+        [
+            "system",
+            "quant",
+            "variant",
+            "new tokens",
+            "tok/s",
+            "req/s",
+            "p50",
+            "p95",
+            "p99",
+            "TTFT p50",
+            "requests",
+            "short",
+            "errors",
+        ],
+        (_measurement_row(m) for run in report.systems for m in run.measurements),
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _best_tokens_per_s(report: BenchReport, system: SystemName, **fields: object) -> float:
+    best = best_measurement(report.systems, system, **fields)
+    return best.tokens_per_s if best else math.nan
+
+
+def plot_throughput(report: BenchReport, path: Path) -> None:
+    """Tokens/s against concurrency for the HTTP systems; in-process baselines as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = report.options.max_new_tokens
+    figure, axes = plt.subplots(1, len(lengths), figsize=(7 * len(lengths), 5), squeeze=False)
+    for axis, n in zip(axes[0], lengths, strict=True):
+        for run in report.systems:
+            if run.system not in (SystemName.LAMINI, SystemName.LITSERVE):
+                continue
+            series: dict[str, list[Measurement]] = {}
+            for m in run.measurements:
+                if m.max_new_tokens == n and m.concurrency is not None:
+                    key = f"{run.system.value} {m.quantization}" + (
+                        " stream" if m.streaming else ""
+                    )
+                    series.setdefault(key, []).append(m)
+            for label, points in series.items():
+                points.sort(key=lambda m: m.concurrency or 0)
+                axis.plot(
+                    [m.concurrency for m in points],
+                    [m.tokens_per_s for m in points],
+                    marker="o",
+                    label=label,
+                )
+        baselines = [
+            (
+                "pipeline sequential",
+                _best_tokens_per_s(report, SystemName.PIPELINE, max_new_tokens=n),
+            ),
+            (
+                "pipeline batched (best)",
+                _best_tokens_per_s(report, SystemName.PIPELINE_BATCHED, max_new_tokens=n),
+            ),
+        ] + [
+            (
+                f"raw engine {q} (best batch)",
+                _best_tokens_per_s(
+                    report,
+                    SystemName.RAW_ENGINE,
+                    max_new_tokens=n,
+                    quantization=q,
+                    static_prompt=False,
+                ),
+            )
+            for q in report.options.quantizations
+        ]
+        for style, (label, value) in zip(_BASELINE_STYLES, baselines, strict=False):
+            if not math.isnan(value):
+                axis.axhline(value, linestyle=style, color="gray", label=f"{label}: {value:.0f}")
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent clients (closed loop)")
+        axis.set_ylabel("generated tokens/s")
+        axis.set_title(f"{report.model}: {n} new tokens")
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_latency(report: BenchReport, path: Path) -> None:
+    """Latency distribution per concurrency level (non-streaming) for the HTTP systems."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(report.options.max_new_tokens)
+    boxes = [
+        (f"{run.system.value}\n{m.quantization} c={m.concurrency}", m.latencies_s)
+        for run in report.systems
+        if run.system in (SystemName.LAMINI, SystemName.LITSERVE)
+        for m in run.measurements
+        if m.max_new_tokens == n and not m.streaming and m.latencies_s
+    ]
+    figure, axis = plt.subplots(figsize=(max(6, 1.1 * len(boxes)), 5))
+    if boxes:
+        axis.boxplot([values for _label, values in boxes], whis=(1, 99), showfliers=True)
+        axis.set_xticks(range(1, len(boxes) + 1), [label for label, _values in boxes], fontsize=7)
+    axis.set_ylabel("request latency (s), whiskers p1-p99")
+    axis.set_title(f"{report.model}: latency distribution, {n} new tokens")
+    axis.grid(True, axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def model_slug(model: str) -> str:
+    name = model.removeprefix("twin:")
+    slug = name.rstrip("/").split("/")[-1].replace("@", "-")
+    return f"twin-{slug}" if model.startswith("twin:") else slug
+
+
+def write_report(report: BenchReport) -> list[Path]:
+    """Write `<date>-<model>.json`, `.md`, `-throughput.png` and `-latency.png`."""
+    out = report.options.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{report.date}-{model_slug(report.model)}"
+    paths = [
+        stem.with_suffix(".json"),
+        stem.with_suffix(".md"),
+        stem.parent / f"{stem.name}-throughput.png",
+        stem.parent / f"{stem.name}-latency.png",
+    ]
+    paths[0].write_text(report.to_json(), encoding="utf-8")
+    paths[1].write_text(markdown(report), encoding="utf-8")
+    plot_throughput(report, paths[2])
+    plot_latency(report, paths[3])
+    return paths
+
+
+def main(argv: list[str]) -> int:
+    """Regenerate markdown and plots from a result JSON file."""
+    (json_path,) = argv
+    report = BenchReport.model_validate_json(Path(json_path).read_text(encoding="utf-8"))
+    for path in write_report(report):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,114 @@
+"""Result records: what each system's process reports back to the orchestrator (as JSON).
+
+A `Measurement` is one timed configuration (a batch size, a concurrency level, a quantisation);
+its figures are derived from the raw per-request samples it keeps, so reports and plots can
+always be recomputed from the JSON file.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, Field, computed_field
+
+from benchmarks.options import SystemName
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    """Linear-interpolated percentile (numpy's default) of non-empty `samples`; NaN if empty."""
+    if not samples:
+        return math.nan
+    ordered = sorted(samples)
+    position = (len(ordered) - 1) * fraction
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+class Measurement(BaseModel):
+    """One timed configuration of one system (warm-up excluded)."""
+
+    system: SystemName
+    variant: str = Field(description="what distinguishes it within the system, e.g. 'c=32'")
+    quantization: str
+    max_new_tokens: int
+    batch_size: int | None = None
+    concurrency: int | None = None
+    streaming: bool = False
+    static_prompt: bool = Field(
+        default=False, description="CTranslate2 static_prompt: the shared prefix state is cached"
+    )
+    wall_s: float
+    generated_tokens: int
+    latencies_s: list[float]
+    ttft_s: list[float] = Field(default_factory=list)
+    short_outputs: int = Field(
+        default=0, description="requests that ended before max_new_tokens (eos or stop)"
+    )
+    errors: int = 0
+    first_error: str | None = None
+
+    @computed_field
+    @property
+    def requests(self) -> int:
+        return len(self.latencies_s)
+
+    @computed_field
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens / self.wall_s if self.wall_s > 0 else math.nan
+
+    @computed_field
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.wall_s if self.wall_s > 0 else math.nan
+
+    @computed_field
+    @property
+    def latency_p50_s(self) -> float:
+        return percentile(self.latencies_s, 0.50)
+
+    @computed_field
+    @property
+    def latency_p95_s(self) -> float:
+        return percentile(self.latencies_s, 0.95)
+
+    @computed_field
+    @property
+    def latency_p99_s(self) -> float:
+        return percentile(self.latencies_s, 0.99)
+
+    @computed_field
+    @property
+    def ttft_p50_s(self) -> float:
+        return percentile(self.ttft_s, 0.50)
+
+    @computed_field
+    @property
+    def ttft_p95_s(self) -> float:
+        return percentile(self.ttft_s, 0.95)
+
+    @computed_field
+    @property
+    def mean_tokens_per_request(self) -> float:
+        return self.generated_tokens / self.requests if self.requests else math.nan
+
+    @property
+    def label(self) -> str:
+        return f"{self.system.value} {self.quantization} {self.variant} n={self.max_new_tokens}"
+
+
+class SystemRun(BaseModel):
+    """Everything one system's process measured, or why it failed."""
+
+    system: SystemName
+    ok: bool = True
+    error: str | None = None
+    peak_rss_mb: float | None = None
+    threads: dict[str, int | str] = Field(default_factory=dict)
+    cold_start_s: dict[str, float] = Field(
+        default_factory=dict,
+        description="conversion / first load / store-hit load times, per quantisation",
+    )
+    notes: list[str] = Field(default_factory=list)
+    measurements: list[Measurement] = Field(default_factory=list)

@@ -1,0 +1,210 @@
+"""`python -m benchmarks.run --model MODEL [--quick]`: the whole comparison in one command.
+
+Each in-process system (the pipelines, the raw engine) runs in its own worker process; the HTTP
+systems (LitServe, lamini-serve) run their servers in subprocesses and are driven from here
+with closed-loop async clients. Results go to `benchmarks/results/<date>-<model>.{json,md}` and
+two PNG plots. `--quick` runs a tiny configuration (for CI on tiny twins) so the harness never
+rots; every knob of the full run is a flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from app.errors import LaminiError
+from app.settings import Settings
+from benchmarks.context import BenchContext
+from benchmarks.machine import machine_facts
+from benchmarks.options import (
+    DEFAULT_INSTRUCTIONS,
+    REPO_ROOT,
+    BenchOptions,
+    SystemName,
+    ThreadConfig,
+)
+from benchmarks.report import BenchReport, write_report
+from benchmarks.results import SystemRun
+from benchmarks.systems import lamini, litserve_peer, raw_engine
+
+HTTP_SYSTEMS: dict[SystemName, Callable[[BenchContext], SystemRun]] = {
+    SystemName.LITSERVE: litserve_peer.run,
+    SystemName.LAMINI: lamini.run,
+}
+
+# `--quick`: small enough for CI on a tiny twin, yet every code path of the full run.
+QUICK_PRESET: dict[str, object] = {
+    "requests": 4,
+    "warmup_requests": 1,
+    "time_budget_s": 15.0,
+    "max_new_tokens": [8],
+    "concurrency": [1, 4],
+    "pipeline_batch_sizes": [1, 4],
+    "engine_batch_sizes": [1, 4],
+    "quantizations": ["int8"],
+    "litserve_max_batch_size": 4,
+    "server_ready_timeout_s": 120.0,
+}
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(part) for part in text.replace(",", " ").split()]
+
+
+def _str_list(text: str) -> list[str]:
+    return [part for part in text.replace(",", " ").split() if part]
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.startswith("LAMINI_"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not LAMINI_NAME=VALUE")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__.split("\n\n")[0],
+        epilog="Lists are comma separated. Unset knobs take the full-run defaults, or the "
+        "quick ones with --quick.",
+    )
+    add = parser.add_argument
+    add("--model", required=True, help="hub id, checkpoint dir or twin:<hub id>[@tiny]")
+    add("--quick", action="store_true", help="tiny CI configuration (use a @tiny twin)")
+    add("--systems", type=_str_list, help=f"subset of: {', '.join(s.value for s in SystemName)}")
+    add("--engine", choices=["auto", "ct2", "onnx"], help="engine for raw + lamini-serve")
+    add("--instructions", dest="instructions_path", type=Path, help="JSONL instruction set")
+    add("--requests", type=int, help="timed requests per measurement (min: 2x parallelism)")
+    add("--warmup-requests", type=int, help="untimed requests before each measurement")
+    add("--time-budget", dest="time_budget_s", type=float, help="seconds per measurement")
+    add("--max-new-tokens", type=_int_list, help="forced output lengths, e.g. 64,128")
+    add("--concurrency", type=_int_list, help="closed-loop clients, e.g. 1,8,32,64")
+    add("--pipeline-batch-sizes", type=_int_list, help="pipeline batch_size sweep")
+    add("--engine-batch-sizes", type=_int_list, help="raw engine batch size sweep")
+    add("--quantizations", type=_str_list, help="e.g. int8,float32")
+    add("--ct2-threads", type=_str_list, help="CTranslate2 intra x inter threads, e.g. 2x1,1x2")
+    add("--litserve-max-batch-size", type=int)
+    add("--litserve-batch-timeout", dest="litserve_batch_timeout_s", type=float)
+    add(
+        "--lamini-env",
+        type=_key_value,
+        action="append",
+        metavar="LAMINI_NAME=VALUE",
+        help="extra setting for the lamini-serve server (repeatable)",
+    )
+    add("--output-dir", type=Path, default=REPO_ROOT / "benchmarks" / "results")
+    add("--work-dir", type=Path, help="scratch for stores and conversions (default: temp dir)")
+    add("--twin-cache-dir", type=Path, help="default: LAMINI_TWIN_CACHE_DIR or the user cache")
+    return parser
+
+
+def options_from_args(args: argparse.Namespace, work_dir: Path) -> BenchOptions:
+    given = {
+        name: value
+        for name, value in vars(args).items()
+        if value is not None and name in BenchOptions.model_fields
+    }
+    if args.ct2_threads is not None:
+        given["ct2_threads"] = [ThreadConfig.parse(text) for text in args.ct2_threads]
+    if args.lamini_env is not None:
+        given["lamini_env"] = dict(args.lamini_env)
+    preset = QUICK_PRESET if args.quick else {}
+    return BenchOptions(
+        **{
+            "instructions_path": DEFAULT_INSTRUCTIONS,
+            "twin_cache_dir": args.twin_cache_dir or Settings().twin_cache_dir,
+            "work_dir": work_dir,
+            **preset,
+            **given,
+        }
+    )
+
+
+def _run_worker(system: SystemName, options: BenchOptions, options_path: Path) -> SystemRun:
+    result_path = options.work_dir / f"result-{system.value}.json"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.worker",
+            system.value,
+            str(options_path),
+            str(result_path),
+        ],
+        cwd=REPO_ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    sys.stderr.write(completed.stderr)
+    if result_path.is_file():
+        return SystemRun.model_validate_json(result_path.read_text(encoding="utf-8"))
+    return SystemRun(
+        system=system,
+        ok=False,
+        error=f"worker exited with {completed.returncode}: {completed.stderr[-1500:]}",
+    )
+
+
+def _run_http(system: SystemName, context: BenchContext) -> SystemRun:
+    try:
+        return HTTP_SYSTEMS[system](context)
+    except Exception as exc:  # a failed system is a result to report, not a crash of the run
+        return SystemRun(system=system, ok=False, error=f"{type(exc).__name__}: {exc}")
+
+
+def run_benchmark(options: BenchOptions) -> BenchReport:
+    started = time.perf_counter()
+    options.work_dir.mkdir(parents=True, exist_ok=True)
+    context = BenchContext.load(options)  # builds the twin once, before any timing
+    options_path = options.work_dir / "options.json"
+    options_path.write_text(options.model_dump_json(indent=1), encoding="utf-8")
+    facts = machine_facts()
+    runs = [
+        _run_http(system, context)
+        if system in HTTP_SYSTEMS
+        else _run_worker(system, options, options_path)
+        for system in SystemName
+        if system in options.systems
+    ]
+    return BenchReport(
+        date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+        model=options.model,
+        family=context.source.family.name,
+        engine=raw_engine.engine_kind(context).value,
+        quick=options.quick,
+        machine=facts,
+        options=options,
+        systems=runs,
+        wall_s=time.perf_counter() - started,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with tempfile.TemporaryDirectory(prefix="lamini-bench-") as scratch:
+        try:
+            options = options_from_args(args, args.work_dir or Path(scratch))
+            report = run_benchmark(options)
+        except (LaminiError, ValueError) as exc:
+            print(f"benchmarks: error: {exc}", file=sys.stderr)
+            return 2
+    for path in write_report(report):
+        print(path)
+    failed = [run for run in report.systems if not run.ok]
+    for run in failed:
+        print(f"benchmarks: {run.system.value} failed: {run.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

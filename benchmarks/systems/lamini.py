@@ -1,0 +1,173 @@
+"""lamini-serve over HTTP: cold start, then closed-loop load, non-streaming and streaming.
+
+For each quantisation the server is started twice on the same fresh model store: the first
+start converts the model (cold start: conversion plus first load), the second finds it in the
+store (store-hit load) and is the one measured. Requests use the TGI routes with greedy
+decoding. TGI has no `min_new_tokens`; when the server's OpenAPI schema offers it, output length
+is forced, otherwise tokens/s are computed from the generated-token counts the server reports.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+
+from benchmarks.context import BenchContext
+from benchmarks.loadgen import CallResult, RequestSender
+from benchmarks.options import SystemName
+from benchmarks.results import SystemRun
+from benchmarks.servers import ServerProcess, free_port
+from benchmarks.systems.http_sweep import sweep_concurrency
+
+_FORCING_PARAMETER = "min_new_tokens"
+
+
+@dataclass(frozen=True)
+class LaminiEndpoint:
+    base_url: str
+    force_length: bool
+
+    def parameters(self, max_new_tokens: int) -> dict[str, object]:
+        parameters: dict[str, object] = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": False,
+            "details": True,
+        }
+        if self.force_length:
+            parameters[_FORCING_PARAMETER] = max_new_tokens
+        return parameters
+
+    def generate_sender(self, max_new_tokens: int) -> RequestSender:
+        async def send(client: httpx.AsyncClient, instruction: str) -> CallResult:
+            body = {"inputs": instruction, "parameters": self.parameters(max_new_tokens)}
+            started = time.perf_counter()
+            response = await client.post(f"{self.base_url}/generate", json=body)
+            latency = time.perf_counter() - started
+            if response.status_code != 200:
+                return CallResult(latency, 0, error=f"HTTP {response.status_code}: {response.text}")
+            return CallResult(latency, int(response.json()["details"]["generated_tokens"]))
+
+        return send
+
+    def stream_sender(self, max_new_tokens: int) -> RequestSender:
+        async def send(client: httpx.AsyncClient, instruction: str) -> CallResult:
+            body = {"inputs": instruction, "parameters": self.parameters(max_new_tokens)}
+            started = time.perf_counter()
+            first_token: float | None = None
+            tokens = 0
+            async with client.stream(
+                "POST", f"{self.base_url}/generate_stream", json=body
+            ) as response:
+                if response.status_code != 200:
+                    text = (await response.aread()).decode("utf-8", "replace")
+                    return CallResult(
+                        time.perf_counter() - started,
+                        0,
+                        error=f"HTTP {response.status_code}: {text}",
+                    )
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    event = json.loads(line.removeprefix("data:"))
+                    if "error" in event:
+                        return CallResult(
+                            time.perf_counter() - started, tokens, error=str(event["error"])
+                        )
+                    if event.get("token") is not None:
+                        tokens += 1
+                        first_token = first_token or time.perf_counter() - started
+            return CallResult(time.perf_counter() - started, tokens, ttft_s=first_token)
+
+        return send
+
+
+def _offers_length_forcing(base_url: str) -> bool:
+    """Whether `/generate` accepts `min_new_tokens` (looked up in the OpenAPI schema)."""
+    try:
+        schema = httpx.get(f"{base_url}/openapi.json", timeout=10).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    return f'"{_FORCING_PARAMETER}"' in json.dumps(schema.get("components", {}))
+
+
+class LaminiServer:
+    """Starts `lamini-serve serve` for one quantisation against a given store."""
+
+    def __init__(self, context: BenchContext, quantization: str) -> None:
+        self.context = context
+        self.quantization = quantization
+        self.store_dir = context.options.work_dir / f"lamini-store-{quantization}"
+
+    @contextmanager
+    def started(self, label: str) -> Iterator[tuple[ServerProcess, str, float]]:
+        """The running server, its base URL and the seconds it took to become ready."""
+        options = self.context.options
+        port = free_port()
+        env = {
+            "LAMINI_STORE_DIR": str(self.store_dir),
+            "LAMINI_TWIN_CACHE_DIR": str(options.twin_cache_dir),
+            "LAMINI_QUANTIZATION": self.quantization,
+            "LAMINI_ENGINE": options.engine,
+            "LAMINI_REQUEST_TIMEOUT_S": "900",
+            "LAMINI_MAX_QUEUE_SIZE": str(max(256, 4 * max(options.concurrency))),
+            "LAMINI_LOG_LEVEL": "warning",
+            "HF_HUB_OFFLINE": "1",
+            **options.lamini_env,
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "serve",
+            options.model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        log = options.work_dir / f"lamini-{self.quantization}-{label}.log"
+        base_url = f"http://127.0.0.1:{port}"
+        with ServerProcess(command, env, log) as server:
+            ready_s = server.wait_ready(f"{base_url}/ready", options.server_ready_timeout_s)
+            yield server, base_url, ready_s
+
+
+def run(context: BenchContext) -> SystemRun:
+    result = SystemRun(
+        system=SystemName.LAMINI,
+        threads={
+            key: value
+            for key, value in context.options.lamini_env.items()
+            if "THREADS" in key or "BATCH" in key
+        },
+    )
+    peak_rss: list[float] = []
+    for quantization in context.options.quantizations:
+        server = LaminiServer(context, quantization)
+        shutil.rmtree(server.store_dir, ignore_errors=True)
+        with server.started("cold") as (_process, _url, cold_s):
+            result.cold_start_s[f"cold_start_with_conversion_{quantization}"] = cold_s
+        with server.started("store-hit") as (process, base_url, hit_s):
+            result.cold_start_s[f"store_hit_start_{quantization}"] = hit_s
+            result.cold_start_s[f"conversion_estimate_{quantization}"] = max(0.0, cold_s - hit_s)
+            endpoint = LaminiEndpoint(base_url, _offers_length_forcing(base_url))
+            if not endpoint.force_length:
+                result.notes.append(
+                    "output length not forced (no min_new_tokens over HTTP): tokens/s use the "
+                    "generated-token counts the server reports; see short_outputs"
+                )
+            sweep_concurrency(context, result, endpoint.generate_sender, quantization=quantization)
+            sweep_concurrency(
+                context, result, endpoint.stream_sender, quantization=quantization, streaming=True
+            )
+            peak_rss.append(process.peak_rss_mb)
+    result.peak_rss_mb = max(peak_rss, default=None)
+    result.notes = sorted(set(result.notes))
+    return result
