@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from platformdirs import user_cache_dir
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "MBZUAI/LaMini-Flan-T5-248M"
@@ -64,11 +64,68 @@ class Settings(BaseSettings):
         description="Where twin:<hub id> checkpoints are built once and reused.",
     )
 
+    # --- HTTP service ---------------------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="Address the HTTP server listens on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port the HTTP server uses.")
+    max_batch_size: int = Field(default=16, ge=1, description="Most sequences in one batch.")
+    max_batch_wait_ms: float = Field(
+        default=10.0, ge=0, description="How long a batch waits for more requests to join."
+    )
+    max_batch_tokens: int = Field(
+        default=16384,
+        ge=1,
+        description="Cap on prompt + max_new_tokens summed over one batch (memory bound).",
+    )
+    max_queue_size: int = Field(
+        default=256, ge=1, description="Waiting requests per model before answering 429."
+    )
+    max_client_batch_size: int = Field(
+        default=32, ge=1, description="Most prompts in one `inputs` list."
+    )
+    request_timeout_s: float = Field(
+        default=120.0, gt=0, description="Longest a request may wait and run before a 504."
+    )
+    shutdown_grace_s: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish."
+    )
+    max_body_bytes: int = Field(
+        default=1_000_000, ge=1, description="Largest request body accepted (else 413)."
+    )
+    max_stop_sequences: int = Field(default=8, ge=0, description="Most stop sequences a request.")
+    default_max_new_tokens: int = Field(
+        default=100, ge=1, description="max_new_tokens when a request does not say."
+    )
+    retry_after_s: int = Field(
+        default=1, ge=1, description="Retry-After seconds sent with 429 (queue full)."
+    )
+
+    # --- access control (OpenAI routes and every generation route) ------------------------------
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="API keys accepted as `Authorization: Bearer <key>` (comma separated). "
+        "With no keys and no api_keys_file, the server is open.",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="File of accepted keys as SHA-256 hex digests, one a line (`#` comments "
+        'allowed); make a line with `printf %s "$KEY" | sha256sum`.',
+    )
+    auth_protect_metrics: bool = Field(
+        default=False, description="Require an API key for /metrics too (health stays open)."
+    )
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed by CORS (comma separated, `*` = any); empty = no CORS.",
+    )
+    cors_allow_credentials: bool = Field(
+        default=False, description="Let browsers send credentials cross-origin (not with `*`)."
+    )
+
     # --- logging -------------------------------------------------------------------------------
     log_format: Literal["json", "plain"] = Field(default="plain", description="Log line format.")
     log_level: str = Field(default="info", description="Log level.")
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "api_keys", "cors_allow_origins", mode="before")
     @classmethod
     def _split_model_list(cls, value: object) -> object:
         return _split_models(value)

@@ -5,6 +5,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from app.commands import convert, families, generate, models, prompt, twin
+from app.commands import convert, families, generate, models, prompt, serve, twin
 
-COMMANDS: tuple[ModuleType, ...] = (families, twin, prompt, generate, convert, models)
+COMMANDS: tuple[ModuleType, ...] = (families, twin, prompt, generate, convert, models, serve)

@@ -1,0 +1,196 @@
+"""Dynamic batching: one queue and one worker thread per model.
+
+Requests wait in a queue; the worker takes the oldest, lets the batch fill for up to
+`max_batch_wait_ms` (or until `max_batch_size` requests are waiting), then adds the queued
+requests with the same sampling parameters whose prompts are closest in length to the oldest
+one (less padding), within `max_batch_size` and `max_batch_tokens`. The oldest request always
+goes first, so nothing starves. Only the worker thread touches the engine.
+
+Cancellation is cooperative: a queued request is simply removed; a running one has its flag
+set and the engine stops producing its tokens at the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from app.engines.base import Engine, EngineRequest, Generation, SamplingParams, TokenCallback
+from app.metrics import ModelMetrics
+from app.service_errors import OverloadedError, UnavailableError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """How big batches may grow and how long they may wait to grow."""
+
+    max_batch_size: int
+    max_batch_wait_s: float
+    max_batch_tokens: int
+    max_queue_size: int
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One submitted request: the engine request, its batch key and where its result goes."""
+
+    request: EngineRequest
+    sampling: SamplingParams
+    enqueued_at: float
+    future: Future[Generation] = field(default_factory=Future)
+    started_at: float | None = None
+    _cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    @property
+    def cost(self) -> int:
+        """Tokens this request may occupy: what `max_batch_tokens` limits."""
+        return len(self.request.prompt_ids) + self.request.max_new_tokens
+
+
+class Batcher:
+    """Queues requests for one engine and runs them in dynamic batches on its own thread."""
+
+    def __init__(self, engine: Engine, limits: BatchLimits, metrics: ModelMetrics) -> None:
+        self._engine = engine
+        self._limits = limits
+        self._metrics = metrics
+        self._queue: list[Ticket] = []
+        self._condition = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._run, name=f"batcher-{metrics.model}", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def queue_size(self) -> int:
+        with self._condition:
+            return len(self._queue)
+
+    def submit(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        sampling: SamplingParams,
+        stop: tuple[str, ...] = (),
+        on_token: TokenCallback | None = None,
+    ) -> Ticket:
+        """Queue a request; raise `OverloadedError` when the queue is full."""
+        cancelled = threading.Event()
+        request = EngineRequest(
+            prompt_ids=list(prompt_ids),
+            max_new_tokens=max_new_tokens,
+            stop=stop,
+            on_token=on_token,
+            is_cancelled=cancelled.is_set,
+        )
+        ticket = Ticket(request, sampling, time.monotonic(), _cancelled=cancelled)
+        with self._condition:
+            if self._closed:
+                raise UnavailableError("the server is shutting down; retry on another replica")
+            if len(self._queue) >= self._limits.max_queue_size:
+                self._metrics.count_rejected("queue_full")
+                raise OverloadedError(
+                    f"model is overloaded: {len(self._queue)} requests are already waiting "
+                    f"(max_queue_size); retry later"
+                )
+            self._queue.append(ticket)
+            self._metrics.set_queue_size(len(self._queue))
+            self._condition.notify()
+        return ticket
+
+    def cancel(self, ticket: Ticket) -> None:
+        """Stop working on `ticket`: drop it if still queued, else stop its generation."""
+        ticket._cancelled.set()
+        with self._condition:
+            if ticket in self._queue:
+                self._queue.remove(ticket)
+                self._metrics.set_queue_size(len(self._queue))
+                ticket.future.cancel()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Refuse new requests, cancel queued and running ones, and stop the worker."""
+        with self._condition:
+            self._closed = True
+            abandoned, self._queue = self._queue, []
+            self._metrics.set_queue_size(0)
+            self._condition.notify_all()
+        for ticket in abandoned:
+            ticket._cancelled.set()
+            ticket.future.cancel()
+        self._thread.join(timeout)
+
+    # --- worker thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            self._execute(batch)
+
+    def _next_batch(self) -> list[Ticket] | None:
+        """Block until a batch is ready; None once closed."""
+        limits = self._limits
+        with self._condition:
+            while True:
+                while not self._queue and not self._closed:
+                    self._condition.wait()
+                if self._closed:
+                    return None
+                deadline = self._queue[0].enqueued_at + limits.max_batch_wait_s
+                while len(self._queue) < limits.max_batch_size and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not self._condition.wait(remaining):
+                        break
+                if self._closed:
+                    return None
+                if self._queue:  # else: all were cancelled while the batch filled
+                    break
+            batch = self._select(self._queue)
+            for ticket in batch:
+                self._queue.remove(ticket)
+            self._metrics.set_queue_size(len(self._queue))
+            return batch
+
+    def _select(self, queue: list[Ticket]) -> list[Ticket]:
+        """The oldest request plus the compatible ones closest to it in prompt length."""
+        oldest = queue[0]
+        length = len(oldest.request.prompt_ids)
+        compatible = [t for t in queue[1:] if t.sampling == oldest.sampling]
+        compatible.sort(key=lambda t: abs(len(t.request.prompt_ids) - length))
+        batch, tokens = [oldest], oldest.cost
+        for ticket in compatible:
+            if len(batch) >= self._limits.max_batch_size:
+                break
+            if tokens + ticket.cost <= self._limits.max_batch_tokens:
+                batch.append(ticket)
+                tokens += ticket.cost
+        batch.sort(key=lambda t: len(t.request.prompt_ids))
+        return batch
+
+    def _execute(self, batch: list[Ticket]) -> None:
+        started = time.monotonic()
+        running = [t for t in batch if t.future.set_running_or_notify_cancel()]
+        if not running:
+            return
+        for ticket in running:
+            ticket.started_at = started
+            self._metrics.observe_queue_wait(started - ticket.enqueued_at)
+        self._metrics.observe_batch(len(running))
+        try:
+            generations = self._engine.generate([t.request for t in running], running[0].sampling)
+        except Exception as exc:
+            logger.exception("engine failed on a batch of %d requests", len(running))
+            for ticket in running:
+                ticket.future.set_exception(exc)
+            return
+        for ticket, generation in zip(running, generations, strict=True):
+            ticket.future.set_result(generation)

@@ -1,0 +1,307 @@
+"""The route-agnostic generation layer: from a user's prompt to a tidied completion.
+
+Every HTTP route (TGI's `/generate`, OpenAI's `/v1/completions`, ...) goes through
+`ServedModel`: it applies the family's prompt format, tokenises off the event loop, checks the
+request against the model's limits, submits it to the model's batcher, waits (or streams) while
+watching for a client that went away or a timeout, tidies the text and observes the metrics.
+Nothing here knows any API's wire format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.batching import Batcher, BatchLimits, Ticket
+from app.engines.base import FinishReason, GeneratedToken, Generation, SamplingParams
+from app.metrics import ModelMetrics
+from app.service_errors import (
+    GenerationError,
+    InvalidRequestError,
+    RequestTimeoutError,
+    UnavailableError,
+)
+from app.settings import Settings
+from model_store.resolver import LoadedModel
+
+
+class ClientDisconnectedError(Exception):
+    """The client went away; its request was cancelled and nobody is left to answer."""
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """What a caller wants, independent of the API it spoke."""
+
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_new_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    truncate: int | None = None
+    raw_prompt: bool = False
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request checked against the model and ready for the batcher."""
+
+    prompt: str
+    prompt_ids: list[int]
+    max_new_tokens: int
+    stop: tuple[str, ...]
+    sampling: SamplingParams
+    arrived_at: float
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A finished generation as the user should see it."""
+
+    text: str
+    tokens: list[GeneratedToken]
+    finish_reason: FinishReason
+    seed: int | None
+    input_tokens: int
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One generated token; the last event of a stream also carries the completion."""
+
+    index: int
+    token: GeneratedToken
+    completion: Completion | None = None
+
+
+_FINISHED = object()
+
+
+@dataclass
+class _Timing:
+    """When the first token of a request appeared (written from the batcher's thread)."""
+
+    first_token_at: float | None = None
+
+    def on_token(self, _token: GeneratedToken) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+
+
+class ServedModel:
+    """One loaded model with its batcher: the service's unit of generation."""
+
+    def __init__(self, loaded: LoadedModel, settings: Settings, metrics: ModelMetrics) -> None:
+        self.name = loaded.name
+        self.loaded = loaded
+        self.engine = loaded.engine
+        self.family = loaded.engine.family
+        self.metrics = metrics
+        self.settings = settings
+        self.batcher = Batcher(
+            loaded.engine,
+            BatchLimits(
+                max_batch_size=settings.max_batch_size,
+                max_batch_wait_s=settings.max_batch_wait_ms / 1000,
+                max_batch_tokens=settings.max_batch_tokens,
+                max_queue_size=settings.max_queue_size,
+            ),
+            metrics,
+        )
+
+    def close(self) -> None:
+        self.batcher.close(timeout=5)
+        self.engine.close()
+
+    # --- preparing -----------------------------------------------------------------------------
+
+    async def prepare(self, prompt: str, options: GenerationOptions) -> PreparedRequest:
+        """Format and tokenise `prompt` (in a thread) and check it against the model's limits."""
+        arrived_at = time.monotonic()
+        if len(options.stop) > self.settings.max_stop_sequences:
+            raise InvalidRequestError(
+                f"`stop` has {len(options.stop)} sequences; at most "
+                f"{self.settings.max_stop_sequences} are allowed"
+            )
+        model_input = prompt if options.raw_prompt else self.family.prompt_format.wrap(prompt)
+        prompt_ids = await asyncio.to_thread(self.engine.encode, model_input)
+        prompt_ids = self._fit_input(prompt_ids, options.truncate)
+        return PreparedRequest(
+            prompt=prompt,
+            prompt_ids=prompt_ids,
+            max_new_tokens=self._max_new_tokens(len(prompt_ids), options.max_new_tokens),
+            stop=tuple(dict.fromkeys((*options.stop, *self.family.prompt_format.stop_sequences))),
+            sampling=options.sampling,
+            arrived_at=arrived_at,
+        )
+
+    def _fit_input(self, prompt_ids: list[int], truncate: int | None) -> list[int]:
+        limit = self.engine.info.max_input_tokens
+        if truncate is not None:
+            if truncate > limit:
+                raise InvalidRequestError(
+                    f"`truncate` must be at most {limit} (this model's max input tokens), "
+                    f"got {truncate}"
+                )
+            return prompt_ids[-truncate:]
+        if len(prompt_ids) > limit:
+            raise InvalidRequestError(
+                f"the input is {len(prompt_ids)} tokens long but this model accepts at most "
+                f"{limit}; shorten it or set `truncate` to keep only the last tokens"
+            )
+        return prompt_ids
+
+    def _max_new_tokens(self, input_tokens: int, requested: int | None) -> int:
+        """The requested count, or the default cut to what the model has room for."""
+        info = self.engine.info
+        used = info.max_input_tokens if self.family.is_seq2seq else input_tokens
+        room = info.max_total_tokens - used
+        if requested is None:
+            return max(1, min(self.settings.default_max_new_tokens, room))
+        if requested > room:
+            raise InvalidRequestError(
+                f"`max_new_tokens` must be at most {room} for this model and input "
+                f"(max total tokens {info.max_total_tokens}), got {requested}"
+            )
+        return requested
+
+    # --- generating ----------------------------------------------------------------------------
+
+    def _submit(self, prepared: PreparedRequest, on_token: Any) -> Ticket:
+        ticket = self.batcher.submit(
+            prepared.prompt_ids,
+            prepared.max_new_tokens,
+            prepared.sampling,
+            stop=prepared.stop,
+            on_token=on_token,
+        )
+        self.metrics.track_in_flight(+1)
+        return ticket
+
+    def _deadline(self, prepared: PreparedRequest) -> float:
+        return prepared.arrived_at + self.settings.request_timeout_s
+
+    async def complete(
+        self, prepared: PreparedRequest, disconnected: Awaitable[Any] | None = None
+    ) -> Completion:
+        """Generate the whole answer; cancel if `disconnected` resolves first or time runs out."""
+        timing = _Timing()
+        ticket = self._submit(prepared, timing.on_token)
+        result = asyncio.wrap_future(ticket.future)
+        watcher = asyncio.ensure_future(disconnected) if disconnected is not None else None
+        waiting = {result} if watcher is None else {result, watcher}
+        try:
+            timeout = max(0.0, self._deadline(prepared) - time.monotonic())
+            done, _ = await asyncio.wait(
+                waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if result in done:
+                return self._finish(prepared, ticket, timing)
+            if watcher in done:
+                self._cancel(ticket, timed_out=False)
+                raise ClientDisconnectedError
+            self._cancel(ticket, timed_out=True)
+            raise self._timeout_error()
+        except asyncio.CancelledError:
+            self._cancel(ticket, timed_out=False)
+            raise
+        finally:
+            self.metrics.track_in_flight(-1)
+            if watcher is not None:
+                watcher.cancel()
+
+    async def stream(self, prepared: PreparedRequest) -> AsyncIterator[StreamEvent]:
+        """Yield one event per token as the batch produces it; the last carries the completion.
+
+        Closing the iterator early (the client went away) cancels the request.
+        """
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Any] = asyncio.Queue()
+        timing = _Timing()
+
+        def on_token(token: GeneratedToken) -> None:
+            timing.on_token(token)
+            loop.call_soon_threadsafe(events.put_nowait, token)
+
+        ticket = self._submit(prepared, on_token)
+        ticket.future.add_done_callback(
+            lambda _: loop.call_soon_threadsafe(events.put_nowait, _FINISHED)
+        )
+        completed = False
+        try:
+            held: GeneratedToken | None = None
+            index = 1
+            while (item := await self._next_event(events, prepared, ticket)) is not _FINISHED:
+                if held is not None:
+                    yield StreamEvent(index, held)
+                    index += 1
+                held = item
+            completion = self._finish(prepared, ticket, timing)
+            completed = True
+            if held is None:
+                raise GenerationError("the engine finished without producing a token")
+            yield StreamEvent(index, held, completion)
+        finally:
+            self.metrics.track_in_flight(-1)
+            if not completed:
+                self._cancel(ticket, timed_out=False)
+
+    async def _next_event(
+        self, events: asyncio.Queue[Any], prepared: PreparedRequest, ticket: Ticket
+    ) -> Any:
+        try:
+            timeout = max(0.0, self._deadline(prepared) - time.monotonic())
+            return await asyncio.wait_for(events.get(), timeout)
+        except TimeoutError:
+            self._cancel(ticket, timed_out=True)
+            raise self._timeout_error() from None
+
+    def _cancel(self, ticket: Ticket, timed_out: bool) -> None:
+        """Stop an unfinished `ticket` and count why (once)."""
+        if ticket.cancelled or ticket.future.done():
+            return
+        self.batcher.cancel(ticket)
+        if timed_out:
+            self.metrics.count_rejected("timeout")
+        else:
+            self.metrics.count_cancelled()
+
+    def _timeout_error(self) -> RequestTimeoutError:
+        return RequestTimeoutError(
+            f"the request did not finish within {self.settings.request_timeout_s:g} s "
+            "(request_timeout_s); the server may be overloaded, retry later"
+        )
+
+    def _generation(self, ticket: Ticket) -> Generation:
+        """The finished ticket's generation, or the error that explains why there is none."""
+        if ticket.future.cancelled():
+            raise UnavailableError("the request was cancelled because the server is shutting down")
+        error = ticket.future.exception()
+        if error is not None:
+            raise GenerationError(f"generation failed: {error}") from error
+        generation = ticket.future.result()
+        if generation.finish_reason is FinishReason.CANCELLED:
+            raise ClientDisconnectedError
+        return generation
+
+    def _finish(self, prepared: PreparedRequest, ticket: Ticket, timing: _Timing) -> Completion:
+        generation = self._generation(ticket)
+        finished_at = time.monotonic()
+        count = len(generation.tokens)
+        first = timing.first_token_at
+        self.metrics.observe_generation(
+            input_tokens=len(prepared.prompt_ids),
+            generated_tokens=count,
+            time_to_first_token=None if first is None else first - prepared.arrived_at,
+            time_per_output_token=(finished_at - first) / (count - 1)
+            if first is not None and count > 1
+            else None,
+        )
+        return Completion(
+            text=self.family.prompt_format.tidy(generation.text),
+            tokens=generation.tokens,
+            finish_reason=generation.finish_reason,
+            seed=prepared.sampling.seed if prepared.sampling.do_sample else None,
+            input_tokens=len(prepared.prompt_ids),
+        )

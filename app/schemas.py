@@ -1,0 +1,320 @@
+"""Request and response bodies of the TGI-compatible routes, as pydantic models.
+
+They mirror Hugging Face Text Generation Inference's public OpenAPI schema (`GenerateRequest`,
+`GenerateParameters`, `GenerateResponse`, `Details`, `StreamResponse`, `Token`, `ErrorResponse`)
+so the `text-generation` client and `huggingface_hub.InferenceClient` work unchanged. Those
+clients send every TGI parameter, null or not: parameters this server does not implement are
+accepted at their neutral value and rejected with a 422 otherwise, never silently ignored.
+Everything that can be checked without knowing the model is checked here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from app.engines.base import GeneratedToken, SamplingParams
+from app.generation import Completion, GenerationOptions, StreamEvent
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+# Unsupported TGI parameters and the values that mean "not used".
+_NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
+    "best_of": (None, 1),
+    "typical_p": (None, 1.0),
+    "watermark": (None, False),
+    "decoder_input_details": (None, False),
+    "top_n_tokens": (None, 0),
+    "grammar": (None,),
+    "adapter_id": (None, ""),
+    "frequency_penalty": (None, 0.0),
+}
+
+
+class _Strict(BaseModel):
+    """Unknown fields are an error: a misspelt parameter must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_text(value: str, what: str) -> str:
+    """Reject text that cannot be sent to a tokenizer (lone surrogates from JSON escapes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} contains invalid unicode (a lone surrogate escape)") from None
+    return value
+
+
+class GenerateParameters(_Strict):
+    """TGI's generation parameters (plus `raw_prompt`, a lamini-serve extension)."""
+
+    max_new_tokens: int | None = Field(
+        default=None, ge=1, description="Tokens to generate at most (default: server setting)."
+    )
+    do_sample: bool = Field(default=False, description="Sample instead of greedy decoding.")
+    temperature: FiniteFloat | None = Field(
+        default=None, ge=0, description="Sampling temperature (> 0 when sampling)."
+    )
+    top_p: FiniteFloat | None = Field(
+        default=None, gt=0, le=1, description="Nucleus sampling mass, in (0, 1]."
+    )
+    top_k: int | None = Field(default=None, ge=0, description="Top-k filtering (0 = off).")
+    repetition_penalty: FiniteFloat | None = Field(
+        default=None, gt=0, description="Repetition penalty (1.0 = none)."
+    )
+    seed: int | None = Field(
+        default=None, ge=0, le=2**63 - 1, description="Random seed for sampling."
+    )
+    stop: list[str] | None = Field(
+        default=None, description="Stop generating when one of these strings is produced."
+    )
+    return_full_text: bool | None = Field(
+        default=False, description="Prepend the prompt (as sent) to the generated text."
+    )
+    details: bool = Field(default=False, description="Return finish reason and tokens.")
+    truncate: int | None = Field(
+        default=None, ge=1, description="Keep only the last `truncate` input tokens."
+    )
+    raw_prompt: bool = Field(
+        default=False,
+        description="lamini-serve: send `inputs` to the model as is, without the family's "
+        "prompt format (for already formatted prompts).",
+    )
+    best_of: int | None = Field(default=None, description="Unsupported: only null or 1.")
+    typical_p: float | None = Field(default=None, description="Unsupported: only null or 1.0.")
+    watermark: bool | None = Field(default=None, description="Unsupported: only false.")
+    decoder_input_details: bool | None = Field(
+        default=None, description="Unsupported: only false (prefill is always empty)."
+    )
+    top_n_tokens: int | None = Field(default=None, description="Unsupported: only null or 0.")
+    grammar: Any = Field(default=None, description="Unsupported: only null.")
+    adapter_id: str | None = Field(default=None, description="Unsupported: only null.")
+    frequency_penalty: float | None = Field(
+        default=None, description="Unsupported: only null or 0."
+    )
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_sequences_are_text(cls, stop: list[str] | None) -> list[str] | None:
+        for sequence in stop or []:
+            if not sequence:
+                raise ValueError("stop sequences must not be empty strings")
+            _check_text(sequence, "a stop sequence")
+        return stop
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GenerateParameters:
+        for name, neutral in _NEUTRAL_VALUES.items():
+            value = getattr(self, name)
+            if value not in neutral:
+                raise ValueError(
+                    f"`{name}`={value!r} is not supported by lamini-serve; "
+                    f"omit it or send {' or '.join(repr(v) for v in neutral if v is not None)}"
+                    if any(v is not None for v in neutral)
+                    else f"`{name}` is not supported by lamini-serve; omit it or send null"
+                )
+        if self.do_sample and self.temperature is not None and self.temperature <= 0:
+            raise ValueError("`temperature` must be strictly positive when sampling")
+        return self
+
+    @property
+    def samples(self) -> bool:
+        """TGI samples when asked to or when any sampling warper is set."""
+        warped = (
+            (self.temperature not in (None, 0.0, 1.0))
+            or (self.top_k or 0) > 0
+            or (self.top_p is not None and self.top_p < 1.0)
+        )
+        return self.do_sample or warped
+
+    def to_options(self) -> GenerationOptions:
+        """The route-agnostic generation request these parameters describe."""
+        samples = self.samples
+        sampling = SamplingParams(
+            do_sample=samples,
+            temperature=(self.temperature or 1.0) if samples else 1.0,
+            top_p=(self.top_p or 1.0) if samples else 1.0,
+            top_k=(self.top_k or 0) if samples else 0,
+            repetition_penalty=self.repetition_penalty or 1.0,
+            seed=self.seed if samples else None,
+        )
+        return GenerationOptions(
+            sampling=sampling,
+            max_new_tokens=self.max_new_tokens,
+            stop=tuple(self.stop or ()),
+            truncate=self.truncate,
+            raw_prompt=self.raw_prompt,
+        )
+
+
+class GenerateRequest(_Strict):
+    """`POST /generate` and `POST /generate_stream` (and `POST /` with `stream`)."""
+
+    inputs: str | list[str] = Field(
+        description="The instruction, or a list of instructions (`/generate` only)."
+    )
+    parameters: GenerateParameters = Field(default_factory=GenerateParameters)
+    stream: bool = Field(default=False, description="`POST /` only: stream the answer (SSE).")
+    model: str | None = Field(
+        default=None, description="Which served model answers (default: the first one)."
+    )
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _null_means_defaults(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs_not_empty(cls, inputs: str | list[str]) -> str | list[str]:
+        texts = [inputs] if isinstance(inputs, str) else inputs
+        if not texts:
+            raise ValueError("`inputs` must not be an empty list")
+        for text in texts:
+            if not text.strip():
+                raise ValueError("`inputs` cannot be empty")
+            _check_text(text, "`inputs`")
+        return inputs
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
+
+
+class Token(BaseModel):
+    """One generated token (TGI `Token`)."""
+
+    id: int
+    text: str
+    logprob: float | None
+    special: bool
+
+    @classmethod
+    def of(cls, token: GeneratedToken) -> Token:
+        finite = token.logprob == token.logprob and abs(token.logprob) != float("inf")
+        logprob = token.logprob if finite else None
+        return cls(id=token.id, text=token.text, logprob=logprob, special=token.special)
+
+
+class PrefillToken(BaseModel):
+    """A prompt token (TGI `PrefillToken`); always empty here (`decoder_input_details`)."""
+
+    id: int
+    text: str
+    logprob: float | None
+
+
+class Details(BaseModel):
+    """TGI `Details` of a finished generation."""
+
+    finish_reason: str
+    generated_tokens: int
+    seed: int | None
+    prefill: list[PrefillToken]
+    tokens: list[Token]
+
+
+class GenerateResponse(BaseModel):
+    """TGI `GenerateResponse`; `details` only when asked for."""
+
+    generated_text: str
+    details: Details | None = None
+
+    @classmethod
+    def of(cls, completion: Completion, with_details: bool, text: str) -> GenerateResponse:
+        """`text` is the completion's text, or the full text when the caller asked for it."""
+        return cls(
+            generated_text=text,
+            details=Details(
+                finish_reason=completion.finish_reason.value,
+                generated_tokens=len(completion.tokens),
+                seed=completion.seed,
+                prefill=[],
+                tokens=[Token.of(token) for token in completion.tokens],
+            )
+            if with_details
+            else None,
+        )
+
+    def body(self) -> dict[str, Any]:
+        """TGI leaves `details` out when it was not asked for."""
+        return self.model_dump(exclude={"details"} if self.details is None else set())
+
+
+class StreamDetails(BaseModel):
+    """TGI `StreamDetails`, sent with the last event."""
+
+    finish_reason: str
+    generated_tokens: int
+    seed: int | None
+    input_length: int
+
+
+class StreamResponse(BaseModel):
+    """One SSE event of `/generate_stream` (TGI `StreamResponse`)."""
+
+    index: int
+    token: Token
+    top_tokens: list[Token] | None = None
+    generated_text: str | None = None
+    details: StreamDetails | None = None
+
+    @classmethod
+    def token_event(cls, event: StreamEvent) -> StreamResponse:
+        return cls(index=event.index, token=Token.of(event.token))
+
+    @classmethod
+    def final_event(cls, event: StreamEvent, with_details: bool, text: str) -> StreamResponse:
+        """The last event: its token plus the whole text and, when asked for, the details."""
+        completion = event.completion
+        assert completion is not None, "only the last event carries the completion"
+        return cls(
+            index=event.index,
+            token=Token.of(event.token),
+            generated_text=text,
+            details=StreamDetails(
+                finish_reason=completion.finish_reason.value,
+                generated_tokens=len(completion.tokens),
+                seed=completion.seed,
+                input_length=completion.input_tokens,
+            )
+            if with_details
+            else None,
+        )
+
+
+class ErrorResponse(BaseModel):
+    """TGI `ErrorResponse`: what went wrong and its kind (validation, overloaded, ...)."""
+
+    error: str
+    error_type: str
+
+
+class ModelInfo(BaseModel):
+    """What one served model is and what it accepts."""
+
+    model_id: str
+    model_family: str
+    model_pipeline_tag: str
+    engine: str
+    quantization: str
+    model_device_type: str
+    max_input_tokens: int
+    max_total_tokens: int
+
+
+class Info(ModelInfo):
+    """`GET /info`: TGI's fields for the default (or `?model=`) model, plus every model."""
+
+    max_batch_size: int
+    max_batch_total_tokens: int
+    max_concurrent_requests: int
+    max_client_batch_size: int
+    max_stop_sequences: int
+    max_best_of: int = 1
+    validation_workers: int = 1
+    router: str = "lamini-serve"
+    version: str
+    models: list[ModelInfo]
