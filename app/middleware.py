@@ -90,9 +90,14 @@ class BodyGuardMiddleware:
 
 
 def _as_json(scope: Scope) -> Scope:
-    """Every POST body here is JSON: `curl -d` (form content type) must work like the clients."""
+    """Every POST body here is JSON: `curl -d` (form content type) must work like the clients.
+
+    The scope is changed in place: the router records the matched route in it, and the outer
+    middleware reads that back for the metrics.
+    """
     headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-    return {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+    scope["headers"] = [*headers, (b"content-type", b"application/json")]
+    return scope
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
