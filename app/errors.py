@@ -29,3 +29,7 @@ class StoreEntryError(LaminiError):
 
 class EngineUnavailableError(LaminiError):
     """The requested engine cannot run this family or is not installed."""
+
+
+class AccessConfigError(LaminiError):
+    """The API key configuration cannot be used (unreadable or malformed keys file)."""

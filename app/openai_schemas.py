@@ -13,12 +13,24 @@ Two extensions that vLLM also accepts (send them with the client's `extra_body`)
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+)
 from pydantic_core import PydanticCustomError
 
+from app.engines.base import SamplingParams
+from app.generation import GenerationOptions
+
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 OpenAIFinishReason = Literal["stop", "length"]
 
 
@@ -28,6 +40,16 @@ def _unsupported(reason: str) -> PydanticCustomError:
 
 def _invalid(reason: str) -> PydanticCustomError:
     return PydanticCustomError("invalid_value", reason)
+
+
+def _require_encodable(texts: list[Any]) -> None:
+    """Reject text no tokenizer can read: lone surrogates (legal in JSON escapes, not UTF-8)."""
+    for text in texts:
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _invalid("text contains a lone surrogate (invalid unicode)") from None
 
 
 # A rule says whether a value of an OpenAI field can be honoured, and why not otherwise.
@@ -70,12 +92,14 @@ class OpenAIRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     unhonoured_rules: ClassVar[dict[str, HonourRule]] = _COMMON_RULES
 
-    model: str = Field(description="A model id from GET /v1/models.")
+    model: str = Field(min_length=1, description="A model id from GET /v1/models.")
     max_tokens: int | None = Field(default=None, ge=1, description="Most tokens to generate.")
-    temperature: float | None = Field(
+    temperature: FiniteFloat | None = Field(
         default=None, ge=0, le=2, description="0 = greedy decoding; default 1 (sampling)."
     )
-    top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus sampling mass.")
+    top_p: FiniteFloat | None = Field(
+        default=None, gt=0, le=1, description="Nucleus sampling mass."
+    )
     n: int = Field(default=1, ge=1, description="Choices to generate for each prompt.")
     stop: str | list[str] | None = Field(
         default=None, description=f"Up to {MAX_STOP_SEQUENCES} sequences that end generation."
@@ -92,7 +116,7 @@ class OpenAIRequest(BaseModel):
     top_k: int | None = Field(
         default=None, ge=0, description="Extension (as in vLLM): sample from the k best; 0 = off."
     )
-    repetition_penalty: float | None = Field(
+    repetition_penalty: FiniteFloat | None = Field(
         default=None, gt=0, le=10, description="Extension (as in vLLM): 1 = no penalty."
     )
 
@@ -100,6 +124,7 @@ class OpenAIRequest(BaseModel):
     @classmethod
     def _check_stop(cls, value: Any) -> Any:
         """Stop sequences: a string or a short list of non-empty strings."""
+        _require_encodable(value if isinstance(value, list) else [value])
         if value is None or (isinstance(value, str) and value):
             return value
         if isinstance(value, list) and all(isinstance(s, str) and s for s in value):
@@ -125,6 +150,22 @@ class OpenAIRequest(BaseModel):
         if self.stop is None:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    def to_options(self, max_new_tokens: int | None) -> GenerationOptions:
+        """OpenAI semantics: temperature 0 is greedy, anything else (default 1) samples."""
+        temperature = 1.0 if self.temperature is None else self.temperature
+        samples = temperature > 0
+        sampling = SamplingParams(
+            do_sample=samples,
+            temperature=temperature if samples else 1.0,
+            top_p=(self.top_p or 1.0) if samples else 1.0,
+            top_k=(self.top_k or 0) if samples else 0,
+            repetition_penalty=self.repetition_penalty or 1.0,
+            seed=self.seed if samples else None,
+        )
+        return GenerationOptions(
+            sampling=sampling, max_new_tokens=max_new_tokens, stop=self.stop_sequences
+        )
 
     @property
     def include_usage_chunk(self) -> bool:
@@ -178,6 +219,7 @@ class CompletionRequest(OpenAIRequest):
     @classmethod
     def _check_prompt(cls, value: Any) -> Any:
         """Text prompts only: token-id prompts would bypass the family's prompt format."""
+        _require_encodable(value if isinstance(value, list) else [value])
         if isinstance(value, str):
             return value
         if isinstance(value, list) and value and all(isinstance(p, str) for p in value):
@@ -200,7 +242,7 @@ class CompletionLogprobs(BaseModel):
     """Legacy completions logprobs: parallel lists, one entry per generated token."""
 
     tokens: list[str]
-    token_logprobs: list[float]
+    token_logprobs: list[float | None]
     top_logprobs: list[dict[str, float]] | None = None
     text_offset: list[int]
 
@@ -273,10 +315,12 @@ class ChatMessage(BaseModel):
         if isinstance(value, list):
             for part in value:
                 kind = part.get("type") if isinstance(part, dict) else None
+                _require_encodable([part.get("text") if isinstance(part, dict) else None])
                 if kind not in (None, "text"):
                     raise _unsupported(
                         f"content parts of type {kind!r} are not supported; send text"
                     )
+        _require_encodable([value])
         return value
 
     @field_validator(*_UNREADABLE_FIELDS, mode="after")
@@ -395,13 +439,13 @@ class ChatCompletionRequest(OpenAIRequest):
 
 class TopLogprob(BaseModel):
     token: str
-    logprob: float
+    logprob: float | None
     bytes: list[int] | None = None
 
 
 class TokenLogprob(BaseModel):
     token: str
-    logprob: float
+    logprob: float | None = Field(description="null when the engine cannot score tokens.")
     bytes: list[int] | None = None
     top_logprobs: list[TopLogprob] = Field(default_factory=list)
 
@@ -435,8 +479,14 @@ class ChatCompletion(BaseModel):
 
 
 class ChatDelta(BaseModel):
+    """What a chunk adds; fields it does not change are left out, as OpenAI does."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unchanged(self, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {key: value for key, value in serialize(self).items() if value is not None}
 
 
 class ChatChunkChoice(BaseModel):

@@ -1,0 +1,261 @@
+"""OpenAI-compatible routes: `/v1/completions`, `/v1/chat/completions` and `/v1/models`.
+
+They share everything with the TGI routes below the wire format: the same generation layer
+(family prompt format, limits, batcher, cancellation, metrics labelled by route) and the same
+middleware (request ids, access control). What is OpenAI's own lives here and in the
+`openai_*` modules: choices (`n`, lists of prompts), text without the stop sequence,
+`stop`/`length` finish reasons, usage counts, logprobs and server-sent events that end with
+`data: [DONE]`. Chat messages become one instruction by the rule in `app/chat.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from app.chat import ChatTurn, chat_to_instruction
+from app.engines.base import GeneratedToken
+from app.generation import ServedModel
+from app.middleware import MODEL_STATE_KEY
+from app.openai_choices import (
+    ChoicePlan,
+    ChoiceStreams,
+    complete_choices,
+    plan_choices,
+    started_streams,
+)
+from app.openai_errors import SERVER_ERROR, OpenAIError, OpenAIRoute, from_service_error
+from app.openai_render import (
+    OPENAI_FINISH_REASONS,
+    ChatRenderer,
+    ChoiceResult,
+    CompletionRenderer,
+    Renderer,
+)
+from app.openai_schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    OpenAIRequest,
+    Usage,
+)
+from app.service_errors import InvalidRequestError, ModelNotFoundError, ServiceError
+from app.visible_text import VisibleText
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1", route_class=OpenAIRoute, tags=["OpenAI-compatible"])
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (400, "Invalid or unsupported parameter"),
+        (401, "Missing or wrong API key"),
+        (404, "Unknown model"),
+        (429, "Queue full; retry after Retry-After seconds"),
+        (503, "Model loading or server draining"),
+        (504, "Request timed out"),
+    )
+}
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_STARTED_AT = int(time.time())  # the `created` time of every served model
+
+
+def _served_model(request: Request, name: str) -> ServedModel:
+    """The model a request names, recorded for the per-route metrics."""
+    served: ServedModel = request.app.state.service.model(name)
+    request.scope.setdefault("state", {})[MODEL_STATE_KEY] = served.name
+    return served
+
+
+def _system_fingerprint(served: ServedModel) -> str:
+    """Changes whenever the backend that produces the tokens does (engine, precision, device)."""
+    info = served.engine.info
+    described = f"{served.name}|{info.kind.value}|{info.quantization}|{info.device}"
+    return "fp_" + hashlib.sha256(described.encode()).hexdigest()[:12]
+
+
+@dataclass
+class ChoiceText:
+    """One choice's visible text, and its tokens not yet reported in a chunk."""
+
+    visible: VisibleText
+    pending: list[GeneratedToken] = field(default_factory=list)
+
+    def push(self, token: GeneratedToken) -> str:
+        self.pending.append(token)
+        return self.visible.push("" if token.special else token.text)
+
+    def take_tokens(self) -> list[GeneratedToken]:
+        tokens, self.pending = self.pending, []
+        return tokens
+
+
+@dataclass(frozen=True)
+class Job:
+    """A planned request: the model, its choices and how its objects are rendered."""
+
+    served: ServedModel
+    plan: ChoicePlan
+    renderer: Renderer
+
+    def choice_texts(self) -> dict[int, ChoiceText]:
+        prompt_format = self.served.family.prompt_format
+        return {
+            choice.index: ChoiceText(VisibleText(prompt_format, choice.prepared.stop))
+            for choice in self.plan.choices
+        }
+
+    def usage(self, completion_tokens: int) -> Usage:
+        prompt_tokens = self.plan.prompt_tokens
+        return Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
+
+
+async def _plan(
+    request: Request,
+    body: OpenAIRequest,
+    prompts: Sequence[str],
+    max_tokens: int | None,
+    renderer_class: type[Renderer],
+    with_logprobs: bool,
+) -> Job:
+    served = _served_model(request, body.model)
+    limit = request.app.state.service.settings.max_client_batch_size
+    if len(prompts) * body.n > limit:
+        raise InvalidRequestError(
+            f"this request asks for {len(prompts) * body.n} choices ({len(prompts)} prompt(s) "
+            f"x n={body.n}); at most {limit} are allowed (max_client_batch_size)"
+        )
+    plan = await plan_choices(served, prompts, body.to_options(max_tokens), body.n)
+    renderer = renderer_class(
+        id=f"{'chatcmpl' if renderer_class is ChatRenderer else 'cmpl'}-{uuid.uuid4().hex}",
+        model=body.model,
+        system_fingerprint=_system_fingerprint(served),
+        with_logprobs=with_logprobs,
+    )
+    return Job(served, plan, renderer)
+
+
+async def _respond(job: Job, body: OpenAIRequest, request: Request) -> Response:
+    """Run every choice; answer with one JSON object or a stream of server-sent events."""
+    if body.stream:
+        streams = await started_streams(job.served, job.plan)
+        events = _events(job, streams, include_usage=body.include_usage_chunk)
+        return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
+    completions = await complete_choices(job.served, job.plan, request)
+    texts = job.choice_texts()
+    results = []
+    for choice, completion in zip(job.plan.choices, completions, strict=True):
+        text = texts[choice.index]
+        for token in completion.tokens:
+            text.push(token)
+        reason = OPENAI_FINISH_REASONS[completion.finish_reason]
+        results.append(ChoiceResult(choice.index, text.visible.text, completion.tokens, reason))
+    usage = job.usage(sum(len(completion.tokens) for completion in completions))
+    body_json = job.renderer.response(results, usage).model_dump_json()
+    return Response(body_json, media_type="application/json")
+
+
+def _sse(payload: BaseModel | str) -> str:
+    data = payload.model_dump_json() if isinstance(payload, BaseModel) else payload
+    return f"data: {data}\n\n"
+
+
+async def _events(job: Job, streams: ChoiceStreams, include_usage: bool) -> AsyncIterator[str]:
+    """Chunks as tokens arrive, the usage chunk if asked for, then `[DONE]`.
+
+    A failure after the first byte can only be reported in the stream: as an `error` event,
+    which the OpenAI clients raise as an APIError.
+    """
+    renderer = job.renderer
+    texts = job.choice_texts()
+    generated = 0
+    try:
+        for chunk in renderer.opening_chunks(sorted(texts)):
+            yield _sse(chunk)
+        async for index, event in streams.events():
+            generated += 1
+            text = texts[index]
+            delta = text.push(event.token)
+            if event.completion is not None:
+                delta += text.visible.finish()
+                reason = OPENAI_FINISH_REASONS[event.completion.finish_reason]
+                yield _sse(renderer.chunk(ChoiceResult(index, delta, text.take_tokens(), reason)))
+            elif delta:
+                yield _sse(renderer.chunk(ChoiceResult(index, delta, text.take_tokens())))
+        if include_usage:
+            yield _sse(renderer.usage_chunk(job.usage(generated)))
+        yield _sse("[DONE]")
+    except ServiceError as exc:
+        yield _sse(json.dumps(from_service_error(exc).body()))
+    except Exception:
+        logger.exception("stream failed after it started")
+        error = OpenAIError(500, "generation failed; see the server log", SERVER_ERROR)
+        yield _sse(json.dumps(error.body()))
+    finally:
+        await streams.close()
+
+
+@router.post("/completions", response_model=Completion, responses=_ERRORS)
+async def create_completion(body: CompletionRequest, request: Request) -> Response:
+    """Complete each prompt; a prompt is an instruction, wrapped in the family's format."""
+    job = await _plan(
+        request,
+        body,
+        body.prompts,
+        body.max_tokens,
+        CompletionRenderer,
+        with_logprobs=body.logprobs is not None,
+    )
+    return await _respond(job, body, request)
+
+
+@router.post("/chat/completions", response_model=ChatCompletion, responses=_ERRORS)
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    """Answer a conversation, flattened into one instruction (see `app/chat.py`)."""
+    instruction = chat_to_instruction([ChatTurn(m.role, m.text) for m in body.messages])
+    job = await _plan(
+        request,
+        body,
+        [instruction],
+        body.max_new_tokens,
+        ChatRenderer,
+        with_logprobs=body.logprobs,
+    )
+    return await _respond(job, body, request)
+
+
+def _model_card(name: str) -> ModelCard:
+    return ModelCard(id=name, created=_STARTED_AT, owned_by="lamini-serve")
+
+
+@router.get("/models", response_model=ModelList, responses=_ERRORS)
+async def list_models(request: Request) -> ModelList:
+    """Every model this server serves (loaded or still loading)."""
+    names = request.app.state.service.model_names
+    return ModelList(data=[_model_card(name) for name in names])
+
+
+@router.get("/models/{model:path}", response_model=ModelCard, responses=_ERRORS)
+async def retrieve_model(model: str, request: Request) -> ModelCard:
+    """One served model, or 404 `model_not_found`."""
+    if model not in request.app.state.service.model_names:
+        raise ModelNotFoundError(f"model {model!r} is not served here")
+    return _model_card(model)

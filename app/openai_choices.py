@@ -1,0 +1,148 @@
+"""Running the choices of one OpenAI request: `n` per prompt, all at once, through the batcher.
+
+A request with several prompts or `n > 1` becomes one generation per choice, submitted
+together so the batcher can run them in one batch. With a seed, choice `k` samples with
+`seed + k`: choices differ from each other, and the same request gives the same choices again.
+
+Streams are started before the HTTP response is: a full queue or an engine that cannot start
+is still answered with its own status (429, 503) instead of a broken event stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+
+from app.generation import Completion, GenerationOptions, PreparedRequest, ServedModel, StreamEvent
+
+_SEED_SPACE = 2**63
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One choice to generate: its index in the response and its prepared request."""
+
+    index: int
+    prepared: PreparedRequest
+
+
+@dataclass(frozen=True)
+class ChoicePlan:
+    """Every choice of a request, and the prompt tokens the request is billed for."""
+
+    choices: list[Choice]
+    prompt_tokens: int
+
+
+def _with_seed_offset(prepared: PreparedRequest, offset: int) -> PreparedRequest:
+    seed = prepared.sampling.seed
+    if seed is None or offset == 0:
+        return prepared
+    sampling = dataclasses.replace(prepared.sampling, seed=(seed + offset) % _SEED_SPACE)
+    return dataclasses.replace(prepared, sampling=sampling)
+
+
+async def plan_choices(
+    served: ServedModel, prompts: Sequence[str], options: GenerationOptions, n: int
+) -> ChoicePlan:
+    """Prepare each prompt once (format, tokenise, check limits) and fan it out to `n` choices.
+
+    Choice indexes follow OpenAI: prompt `i`'s choices are `i * n` to `i * n + n - 1`.
+    """
+    choices = []
+    prompt_tokens = 0
+    for prompt in prompts:
+        prepared = await served.prepare(prompt, options)
+        prompt_tokens += len(prepared.prompt_ids)
+        choices += [Choice(len(choices) + k, _with_seed_offset(prepared, k)) for k in range(n)]
+    return ChoicePlan(choices, prompt_tokens)
+
+
+async def client_gone(request: Request) -> None:
+    """Resolves when the client disconnects (the body has been read, so only that can come)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def complete_choices(
+    served: ServedModel, plan: ChoicePlan, request: Request
+) -> list[Completion]:
+    """Generate every choice; the first failure cancels the others."""
+    watcher = asyncio.ensure_future(client_gone(request))
+    tasks = [
+        asyncio.ensure_future(served.complete(choice.prepared, asyncio.shield(watcher)))
+        for choice in plan.choices
+    ]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in [*tasks, watcher]:
+            task.cancel()
+        await asyncio.gather(*tasks, watcher, return_exceptions=True)
+
+
+_FINISHED = object()
+
+
+class ChoiceStreams:
+    """The token streams of every choice, merged into one sequence of `(index, event)`."""
+
+    def __init__(self, served: ServedModel, plan: ChoicePlan) -> None:
+        self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        self._started: list[tuple[int, Any]] = []
+        self._tasks = [
+            asyncio.ensure_future(self._pump(choice.index, served.stream(choice.prepared)))
+            for choice in plan.choices
+        ]
+
+    async def _pump(self, index: int, stream: AsyncIterator[StreamEvent]) -> None:
+        try:
+            async for event in stream:
+                await self._queue.put((index, event))
+        except Exception as exc:  # handed to the consumer, who decides how to report it
+            await self._queue.put((index, exc))
+        else:
+            await self._queue.put((index, _FINISHED))
+
+    async def start(self) -> None:
+        """Wait until every choice produced its first token; raise the first failure instead."""
+        waiting = {index for index in range(len(self._tasks))}
+        while waiting:
+            index, item = await self._queue.get()
+            self._started.append((index, item))
+            if isinstance(item, Exception):
+                await self.close()
+                raise item
+            waiting.discard(index)
+
+    async def events(self) -> AsyncIterator[tuple[int, StreamEvent]]:
+        """Every choice's events as they come; a failure after the start is raised here."""
+        running = len(self._tasks)
+        buffered = list(self._started)
+        self._started.clear()
+        while running:
+            index, item = buffered.pop(0) if buffered else await self._queue.get()
+            if item is _FINISHED:
+                running -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield index, item
+
+    async def close(self) -> None:
+        """Cancel what still runs (a client that left stops costing compute)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def started_streams(served: ServedModel, plan: ChoicePlan) -> ChoiceStreams:
+    """Streams for every choice of `plan`, each with its first token already generated."""
+    streams = ChoiceStreams(served, plan)
+    await streams.start()
+    return streams
