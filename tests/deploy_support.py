@@ -233,12 +233,15 @@ def render_nginx_include(upstreams: list[str], lb_port: int, output: Path) -> Pa
         "LAMINI_UPSTREAMS": " ".join(upstreams),
         "LAMINI_LB_PORT": str(lb_port),
     }
-    subprocess.run(
+    output.parent.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
         ["sh", str(NGINX_RENDER_SCRIPT), str(NGINX_TEMPLATE), str(output)],
         env=env,
-        check=True,
         capture_output=True,
+        text=True,
+        check=False,
     )
+    assert result.returncode == 0, result.stderr
     return output
 
 
@@ -341,19 +344,59 @@ def interpolate(text: str, variables: Mapping[str, str]) -> str:
     )
 
 
-def image_command(stage: str, command: list[str] | None = None) -> list[str]:
+def image_command(
+    stage: str, command: list[str] | None = None, bin_dir: Path = Path(sys.executable).parent
+) -> list[str]:
     """What a container of `stage` runs: ENTRYPOINT + (the compose `command` or CMD), with the
-    entrypoint resolved to the console script installed next to this interpreter."""
+    entrypoint resolved to the console script in `bin_dir` (default: this interpreter's)."""
     dockerfile = parse_dockerfile()
     entrypoint = dockerfile.stage(stage).last("ENTRYPOINT").exec_form()
     arguments = command if command is not None else dockerfile.stage(stage).last("CMD").exec_form()
-    executable = Path(sys.executable).parent / entrypoint[0]
-    assert executable.exists(), f"{entrypoint[0]} is not installed next to {sys.executable}"
+    executable = bin_dir / entrypoint[0]
+    assert executable.exists(), f"{entrypoint[0]} is not installed in {bin_dir}"
     return [str(executable), *entrypoint[1:], *arguments]
 
 
-def compose_service_command(service: str, variables: Mapping[str, str]) -> list[str]:
+def compose_service_command(
+    service: str, variables: Mapping[str, str], bin_dir: Path = Path(sys.executable).parent
+) -> list[str]:
     """The command compose runs for `service` (its image's entrypoint + its `command`)."""
     spec = load_compose()["services"][service]
     command = [interpolate(word, variables) for word in spec["command"]]
-    return image_command(spec["build"]["target"], command)
+    return image_command(spec["build"]["target"], command, bin_dir)
+
+
+def compose_environment(
+    service: str, variables: Mapping[str, str], overrides: Mapping[str, str]
+) -> dict[str, str]:
+    """This process's environment plus the compose service's, with what only makes sense inside
+    a container (the /data volume, 0.0.0.0, the container port) replaced by `overrides`."""
+    spec = load_compose()["services"][service]
+    environment = {
+        name: interpolate(str(value), variables) for name, value in spec["environment"].items()
+    }
+    outside = {k: v for k, v in environment.items() if not v.startswith("/data")}
+    return {**os.environ, **outside, **overrides}
+
+
+def convert_like_compose(model: str, store_dir: Path) -> None:
+    """The compose `convert` one-off, run in this environment: `model` into `store_dir`."""
+    variables = {"LAMINI_MODEL": model}
+    command = compose_service_command("convert", variables)
+    env = compose_environment("convert", variables, {"LAMINI_STORE_DIR": str(store_dir)})
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+
+
+def replica_process(
+    model: str, store_dir: Path, port: int, bin_dir: Path = Path(sys.executable).parent
+) -> tuple[list[str], dict[str, str]]:
+    """Command and environment of one compose replica serving `model` on a loopback `port`."""
+    variables = {"LAMINI_MODEL": model}
+    command = compose_service_command("lamini", variables, bin_dir)
+    overrides = {
+        "LAMINI_STORE_DIR": str(store_dir),
+        "LAMINI_HOST": "127.0.0.1",
+        "LAMINI_PORT": str(port),
+    }
+    return command, compose_environment("lamini", variables, overrides)
