@@ -73,6 +73,13 @@ class BenchOptions(BaseModel):
     output_dir: Path
     quick: bool = False
 
+    @field_validator("systems")
+    @classmethod
+    def _in_run_order(cls, systems: list[SystemName]) -> list[SystemName]:
+        if not systems:
+            raise ValueError("name at least one system")
+        return [system for system in SystemName if system in systems]
+
     @field_validator("max_new_tokens", "concurrency", "pipeline_batch_sizes", "engine_batch_sizes")
     @classmethod
     def _positive_and_sorted(cls, values: list[int]) -> list[int]:

@@ -111,11 +111,12 @@ def markdown(report: BenchReport) -> str:
     )
     lines += ["", "## Systems", ""]
     lines += _table(
-        ["system", "ok", "peak RSS MiB", "threads", "cold start (s)", "notes"],
+        ["system", "ok", "run (s)", "peak RSS MiB", "threads", "cold start (s)", "notes"],
         (
             [
                 run.system.value,
                 "yes" if run.ok else f"**failed**: {run.error}",
+                _fmt(run.wall_s or math.nan, 0),
                 _fmt(run.peak_rss_mb or math.nan, 0),
                 ", ".join(f"{k}: {v}" for k, v in run.threads.items()) or "-",
                 ", ".join(f"{k} {v:.1f}" for k, v in run.cold_start_s.items()) or "-",

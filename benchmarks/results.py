@@ -105,6 +105,7 @@ class SystemRun(BaseModel):
     ok: bool = True
     error: str | None = None
     peak_rss_mb: float | None = None
+    wall_s: float | None = Field(default=None, description="the whole system run, start to end")
     threads: dict[str, int | str] = Field(default_factory=dict)
     cold_start_s: dict[str, float] = Field(
         default_factory=dict,

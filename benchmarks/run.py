@@ -160,6 +160,16 @@ def _run_http(system: SystemName, context: BenchContext) -> SystemRun:
         return SystemRun(system=system, ok=False, error=f"{type(exc).__name__}: {exc}")
 
 
+def _run_system(system: SystemName, context: BenchContext, options_path: Path) -> SystemRun:
+    started = time.perf_counter()
+    if system in HTTP_SYSTEMS:
+        run = _run_http(system, context)
+    else:
+        run = _run_worker(system, context.options, options_path)
+    run.wall_s = time.perf_counter() - started
+    return run
+
+
 def run_benchmark(options: BenchOptions) -> BenchReport:
     started = time.perf_counter()
     options.work_dir.mkdir(parents=True, exist_ok=True)
@@ -167,13 +177,7 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
     options_path = options.work_dir / "options.json"
     options_path.write_text(options.model_dump_json(indent=1), encoding="utf-8")
     facts = machine_facts()
-    runs = [
-        _run_http(system, context)
-        if system in HTTP_SYSTEMS
-        else _run_worker(system, options, options_path)
-        for system in SystemName
-        if system in options.systems
-    ]
+    runs = [_run_system(system, context, options_path) for system in options.systems]
     return BenchReport(
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
         model=options.model,
