@@ -1,8 +1,8 @@
 """`lamini-serve convert MODEL`: convert a model for CTranslate2 or ONNX Runtime into the store.
 
-Conversion of a full-size model takes a while and prints nothing of its own, so each stage is
-announced on stderr with its duration (and, on a terminal, a ticking clock), and a summary says
-where the entry is, how big it is and how long it took. Converting again reuses the entry.
+Conversion of a full-size model takes a while and prints nothing of its own, so on a terminal
+each stage shows a ticking clock on stderr; a summary on stdout says where the entry is, how big
+it is and how long it took. Converting again reuses the entry.
 """
 
 from __future__ import annotations
@@ -71,7 +71,11 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 class StageDisplay:
-    """Announces stages on a stream; on a terminal the running stage shows its elapsed time."""
+    """Shows the running stage and its elapsed time on a terminal, and nothing otherwise.
+
+    Off a terminal (pipes, CI logs) the summary on stdout says everything, and an error stays
+    the one line on stderr that scripts can rely on.
+    """
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
@@ -79,29 +83,31 @@ class StageDisplay:
 
     @contextmanager
     def stage(self, label: str) -> Iterator[None]:
+        if not self._live:
+            yield
+            return
         started = time.perf_counter()
         stop = threading.Event()
         ticker = threading.Thread(target=self._tick, args=(label, started, stop), daemon=True)
-        self._write(f"{label} ...", newline=not self._live)
-        if self._live:
-            ticker.start()
-        outcome = "failed"
+        self._show(f"{label} ...")
+        ticker.start()
+        finished = False
         try:
             yield
-            outcome = f"done ({time.perf_counter() - started:.1f} s)"
+            finished = True
         finally:
             stop.set()
-            if ticker.is_alive():
-                ticker.join()
-            self._write(f"{label} ... {outcome}", newline=True)
+            ticker.join()
+            elapsed = time.perf_counter() - started
+            self._show(f"{label} ... done ({elapsed:.1f} s)\n" if finished else "")
 
     def _tick(self, label: str, started: float, stop: threading.Event) -> None:
         while not stop.wait(0.5):
-            self._write(f"{label} ... {time.perf_counter() - started:.0f} s", newline=False)
+            self._show(f"{label} ... {time.perf_counter() - started:.0f} s")
 
-    def _write(self, text: str, *, newline: bool) -> None:
-        prefix = "\r\033[K" if self._live else ""
-        self._stream.write(prefix + text + ("\n" if newline else ""))
+    def _show(self, text: str) -> None:
+        """Replace the current terminal line with `text`."""
+        self._stream.write("\r\033[K" + text)
         self._stream.flush()
 
 
@@ -123,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         )
     engine = choose_engine(source.family, settings.engine)
     quantization = quantization_for(engine, settings)
-    with display.stage(f"converting {source.family.name} for {engine.value} ({quantization})"):
+    with display.stage(f"preparing the {engine.value}/{quantization} entry"):
         outcome = ensure_converted(source, engine, settings, force=args.force)
     if outcome.replaced_problem:
         print(f"replaced a broken entry: {outcome.replaced_problem}", file=sys.stderr)
