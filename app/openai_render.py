@@ -11,6 +11,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -64,6 +65,16 @@ class Renderer(ABC):
     with_logprobs: bool
     created: int = field(default_factory=lambda: int(time.time()))
 
+    @property
+    def envelope(self) -> dict[str, Any]:
+        """The fields every response and chunk of this request repeats."""
+        return {
+            "id": self.id,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.system_fingerprint,
+        }
+
     @abstractmethod
     def response(self, choices: list[ChoiceResult], usage: Usage) -> BaseModel:
         """The whole (non-streamed) response."""
@@ -108,10 +119,7 @@ class CompletionRenderer(Renderer):
 
     def _completion(self, choices: list[CompletionChoice], usage: Usage | None) -> Completion:
         return Completion(
-            id=self.id,
-            created=self.created,
-            model=self.model,
-            system_fingerprint=self.system_fingerprint,
+            **self.envelope,
             choices=choices,
             usage=usage,
         )
@@ -145,20 +153,14 @@ class ChatRenderer(Renderer):
 
     def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None) -> ChatCompletionChunk:
         return ChatCompletionChunk(
-            id=self.id,
-            created=self.created,
-            model=self.model,
-            system_fingerprint=self.system_fingerprint,
+            **self.envelope,
             choices=choices,
             usage=usage,
         )
 
     def response(self, choices: list[ChoiceResult], usage: Usage) -> ChatCompletion:
         return ChatCompletion(
-            id=self.id,
-            created=self.created,
-            model=self.model,
-            system_fingerprint=self.system_fingerprint,
+            **self.envelope,
             choices=[
                 ChatChoice(
                     index=choice.index,

@@ -248,3 +248,25 @@ def test_requests_are_counted_per_route_and_echo_request_ids(server: RunningServ
         time.sleep(0.05)
     assert server.metric("lamini_request_total", **labels) == before + 1
     assert "openai-test-42" in server.log()
+
+
+def test_no_configured_keys_means_no_key_is_needed(server: RunningServer) -> None:
+    response = server.post("/v1/completions", json={"model": FLAN, "prompt": "Hi", "max_tokens": 2})
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_a_client_leaving_a_stream_cancels_its_generation(server: RunningServer) -> None:
+    before = server.metric("lamini_request_cancelled_total", model=GPT)
+    body = {"model": GPT, "prompt": INSTRUCTION, "max_tokens": 500, "temperature": 0.0}
+    with (
+        server.client() as http,
+        http.stream("POST", "/v1/completions", json={**body, "stream": True}) as response,
+    ):
+        assert response.status_code == 200
+        first = next(response.iter_lines())
+        assert first.startswith("data: {")
+    deadline = time.monotonic() + 10
+    while server.metric("lamini_request_cancelled_total", model=GPT) == before:
+        assert time.monotonic() < deadline, "the abandoned stream was never cancelled"
+        time.sleep(0.05)
