@@ -211,39 +211,52 @@ def _random_weights(model: Any, seed: int) -> None:
     model.tie_weights()
 
 
-def build_twin(hub_id: str, out_dir: Path, size: TwinSize = TwinSize.TINY, seed: int = 0) -> Path:
-    """Write a twin checkpoint of `hub_id` into `out_dir` (created; must not exist or be empty)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
+def twin_hub_id(hub_id: str) -> str:
+    """The registry spelling of `hub_id`, or an error listing the ids twins exist for."""
     known = canonical_hub_id(hub_id)
     if known is None:
         raise ModelSourceError(
             f"no twin architecture for {hub_id!r}; twins exist for: {', '.join(SHAPES)}"
         )
-    family = family_for_hub_id(known)
-    assert family is not None
-    shape = SHAPES[known]
-    config_dict = shape.config(tiny=size is TwinSize.TINY)
+    return known
+
+
+def twin_config(hub_id: str, size: TwinSize = TwinSize.TINY, seed: int = 0) -> Any:
+    """The transformers config of the twin of `hub_id` (it records the hub id it imitates)."""
+    from transformers import AutoConfig
+
+    known = twin_hub_id(hub_id)
+
+    config_dict = SHAPES[known].config(tiny=size is TwinSize.TINY)
     config_dict[SOURCE_MODEL_CONFIG_KEY] = known
     config_dict["lamini_twin"] = {"size": size.value, "seed": seed}
-    model_type = config_dict.pop("model_type")
-    config = AutoConfig.for_model(model_type, **config_dict)
+    return AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
+
+
+def build_twin(hub_id: str, out_dir: Path, size: TwinSize = TwinSize.TINY, seed: int = 0) -> Path:
+    """Write a twin checkpoint of `hub_id` into `out_dir` (created; must not exist or be empty)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    config = twin_config(hub_id, size, seed)
+    family = family_for_hub_id(getattr(config, SOURCE_MODEL_CONFIG_KEY))
+    assert family is not None
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ModelSourceError(f"{out_dir} is not empty; choose a new directory for the twin")
-    torch.manual_seed(seed)
     auto = AutoModelForSeq2SeqLM if family.is_seq2seq else AutoModelForCausalLM
-    model = auto.from_config(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = auto.from_config(config)
     _random_weights(model, seed)
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
-    if model_type == "t5":
+    if config.model_type == "t5":
         _save_t5_tokenizer(out_dir)
-    elif model_type == "opt":
-        _save_opt_tokenizer(out_dir, config_dict["max_position_embeddings"])
+    elif config.model_type == "opt":
+        _save_opt_tokenizer(out_dir, config.max_position_embeddings)
     else:
-        positions = config_dict.get("n_positions") or config_dict["max_position_embeddings"]
+        positions = getattr(config, "n_positions", None) or config.max_position_embeddings
         _save_gpt2_tokenizer(out_dir, positions)
     return out_dir
 
@@ -251,6 +264,7 @@ def build_twin(hub_id: str, out_dir: Path, size: TwinSize = TwinSize.TINY, seed:
 def build_twin_atomically(hub_id: str, target: Path, size: TwinSize, seed: int) -> Path:
     """Build a twin next to `target` and rename it into place (no half-written twin is ever
     visible under `target`)."""
+    twin_hub_id(hub_id)  # an unknown id fails before anything is written
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:

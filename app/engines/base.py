@@ -200,7 +200,8 @@ def encode_prompt(tokenizer: Any, family: Family, text: str) -> list[int]:
     the tokenizer; every other format keeps the tokenizer's own special tokens (T5's `</s>`).
     """
     add_special = not family.prompt_format.bos_text
-    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+    # verbose=False: an over-long prompt is the caller's to refuse, not a log warning.
+    return list(tokenizer(text, add_special_tokens=add_special, verbose=False)["input_ids"])
 
 
 # Tokenizers without a real limit report a huge sentinel `model_max_length`; anything above this
