@@ -2,7 +2,8 @@
 
 A request with several prompts or `n > 1` becomes one generation per choice, submitted
 together so the batcher can run them in one batch. With a seed, choice `k` samples with
-`seed + k`: choices differ from each other, and the same request gives the same choices again.
+`seed + k` (modulo 2**32): choices differ from each other, and the same request gives the same
+choices again.
 
 Streams are started before the HTTP response is: a full queue or an engine that cannot start
 is still answered with its own status (429, 503) instead of a broken event stream.
@@ -20,7 +21,9 @@ from starlette.requests import Request
 
 from app.generation import Completion, GenerationOptions, PreparedRequest, ServedModel, StreamEvent
 
-_SEED_SPACE = 2**63
+# OpenAI seeds are 64-bit; CTranslate2 takes seeds below 2**32, so every seed is folded into
+# that range (deterministically: the same request still samples the same choices).
+_SEED_SPACE = 2**32
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class ChoicePlan:
 
 def _with_seed_offset(prepared: PreparedRequest, offset: int) -> PreparedRequest:
     seed = prepared.sampling.seed
-    if seed is None or offset == 0:
+    if seed is None:
         return prepared
     sampling = dataclasses.replace(prepared.sampling, seed=(seed + offset) % _SEED_SPACE)
     return dataclasses.replace(prepared, sampling=sampling)
