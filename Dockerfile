@@ -73,6 +73,8 @@ CMD ["convert", "--help"]
 
 FROM base AS runtime
 COPY --from=serve-venv /opt/lamini /opt/lamini
+# transformers only tokenizes here; its advice that PyTorch is missing is expected, not news.
+ENV TRANSFORMERS_NO_ADVISORY_WARNINGS=1
 USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]

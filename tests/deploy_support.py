@@ -369,13 +369,20 @@ def compose_service_command(
 def compose_environment(
     service: str, variables: Mapping[str, str], overrides: Mapping[str, str]
 ) -> dict[str, str]:
-    """This process's environment plus the compose service's, with what only makes sense inside
-    a container (the /data volume, 0.0.0.0, the container port) replaced by `overrides`."""
+    """The environment a container of `service` gets (its image's ENV, then compose's), on top
+    of this process's, less what only makes sense inside the container (the /data volume, the
+    image's virtualenv), and with `overrides` (addresses, ports, directories) last."""
     spec = load_compose()["services"][service]
-    environment = {
+    image_env = parse_dockerfile().env(spec["build"]["target"])
+    compose_env = {
         name: interpolate(str(value), variables) for name, value in spec["environment"].items()
     }
-    outside = {k: v for k, v in environment.items() if not v.startswith("/data")}
+    inside_only = ("/data", "/opt/lamini")
+    outside = {
+        name: value
+        for name, value in {**image_env, **compose_env}.items()
+        if not any(path in value for path in inside_only)
+    }
     return {**os.environ, **outside, **overrides}
 
 
