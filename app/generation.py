@@ -27,6 +27,9 @@ from app.service_errors import (
 from app.settings import Settings
 from model_store.resolver import LoadedModel
 
+# Below this, logits divided by the temperature overflow float32 and sampling fails.
+MIN_SAMPLING_TEMPERATURE = 1e-6
+
 
 class ClientDisconnectedError(Exception):
     """The client went away; its request was cancelled and nobody is left to answer."""
@@ -123,6 +126,12 @@ class ServedModel:
             raise InvalidRequestError(
                 f"`stop` has {len(options.stop)} sequences; at most "
                 f"{self.settings.max_stop_sequences} are allowed"
+            )
+        sampling = options.sampling
+        if sampling.do_sample and sampling.temperature < MIN_SAMPLING_TEMPERATURE:
+            raise InvalidRequestError(
+                f"`temperature` must be at least {MIN_SAMPLING_TEMPERATURE:g} when sampling; "
+                "for deterministic output use greedy decoding"
             )
         model_input = prompt if options.raw_prompt else self.family.prompt_format.wrap(prompt)
         prompt_ids = await asyncio.to_thread(self.engine.encode, model_input)

@@ -19,7 +19,7 @@ request_id: ContextVar[str] = ContextVar("request_id", default="-")
 _PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 _STANDARD_ATTRIBUTES = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()
-    | {"message", "asctime", "request_id"}
+    | {"message", "asctime", "request_id", "color_message"}
 )
 
 
@@ -38,6 +38,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", request_id.get()),
         }
         entry.update(
             (key, value)

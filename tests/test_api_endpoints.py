@@ -14,7 +14,7 @@ GPT = "twin:MBZUAI/LaMini-GPT-124M@tiny"
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RunningServer]:
-    with running_server([T5, GPT]) as running:
+    with running_server([T5, GPT], env={"LAMINI_LOG_FORMAT": "json"}) as running:
         yield running
 
 
@@ -169,10 +169,18 @@ def test_sampling_with_a_seed_is_reproducible_and_reports_the_seed(server: Runni
     assert first["details"]["seed"] == 7
 
 
-def test_request_id_is_echoed(server: RunningServer) -> None:
-    response = server.get("/health", headers={"X-Request-Id": "abc-123"})
+def test_request_id_is_echoed_and_tags_the_json_log_lines(server: RunningServer) -> None:
+    response = server.post(
+        "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 2}},
+        headers={"X-Request-Id": "abc-123"},
+    )  # fmt: skip
     assert response.headers["x-request-id"] == "abc-123"
     assert server.get("/health").headers["x-request-id"]
+
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    tagged = [line for line in lines if line.get("request_id") == "abc-123"]
+    assert any(line["message"].startswith("POST /generate 200") for line in tagged), tagged
+    assert {"time", "level", "logger", "message"} <= set(tagged[0])
 
 
 def test_openapi_documents_the_tgi_schemas(server: RunningServer) -> None:

@@ -99,6 +99,7 @@ def test_disconnect_while_streaming_stops_generation(slow_queue_server: RunningS
     assert server.metric("lamini_generated_tokens_total", model=MODEL) == tokens_before
 
 
+@pytest.mark.slow
 def test_requests_past_the_timeout_get_504() -> None:
     args = [*SLOW_QUEUE, "--request-timeout-s", "0.5"]
     with running_server([MODEL], args=args, wait_ready=True) as server:
@@ -110,6 +111,7 @@ def test_requests_past_the_timeout_get_504() -> None:
         wait_for(lambda: server.metric("lamini_queue_size", model=MODEL) == 0)
 
 
+@pytest.mark.slow
 def test_sigterm_drains_in_flight_requests_then_exits_0() -> None:
     with running_server([MODEL], args=[*SLOW_QUEUE, "--shutdown-grace-s", "20"]) as server:
         thread, results = in_background(

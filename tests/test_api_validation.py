@@ -48,6 +48,7 @@ def body_with(**parameters: object) -> dict:
         (body_with(do_sample="perhaps"), "do_sample"),
         (body_with(do_sample=True, temperature=0), "temperature"),
         (body_with(temperature=-1), "temperature"),
+        (body_with(do_sample=True, temperature=1e-45), "temperature"),
         (body_with(top_p=0), "top_p"),
         (body_with(top_p=1.5), "top_p"),
         (body_with(top_k=-1), "top_k"),
