@@ -46,9 +46,9 @@ from app.openai_schemas import (
     ChatCompletionRequest,
     Completion,
     CompletionRequest,
-    ErrorResponse,
     ModelCard,
     ModelList,
+    OpenAIErrorResponse,
     OpenAIRequest,
     Usage,
 )
@@ -60,7 +60,7 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", route_class=OpenAIRoute, tags=["OpenAI-compatible"])
 
 _ERRORS: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorResponse, "description": description}
+    status: {"model": OpenAIErrorResponse, "description": description}
     for status, description in (
         (400, "Invalid or unsupported parameter"),
         (401, "Missing or wrong API key"),
@@ -145,7 +145,7 @@ async def _plan(
         )
     plan = await plan_choices(served, prompts, body.to_options(max_tokens), body.n)
     renderer = renderer_class(
-        id=f"{'chatcmpl' if renderer_class is ChatRenderer else 'cmpl'}-{uuid.uuid4().hex}",
+        id=f"{renderer_class.id_prefix}-{uuid.uuid4().hex}",
         model=body.model,
         system_fingerprint=_system_fingerprint(served),
         with_logprobs=with_logprobs,

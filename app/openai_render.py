@@ -11,7 +11,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -59,6 +59,8 @@ class ChoiceResult:
 class Renderer(ABC):
     """What every object of one response shares, and how the API's objects are built."""
 
+    id_prefix: ClassVar[str]
+
     id: str
     model: str
     system_fingerprint: str
@@ -94,6 +96,8 @@ class Renderer(ABC):
 
 class CompletionRenderer(Renderer):
     """`text_completion` objects; streamed chunks have the same shape as the response."""
+
+    id_prefix = "cmpl"
 
     def _choice(self, choice: ChoiceResult) -> CompletionChoice:
         return CompletionChoice(
@@ -136,6 +140,8 @@ class CompletionRenderer(Renderer):
 
 class ChatRenderer(Renderer):
     """`chat.completion` responses and `chat.completion.chunk` stream chunks."""
+
+    id_prefix = "chatcmpl"
 
     def _logprobs(self, tokens: list[GeneratedToken]) -> ChoiceLogprobs | None:
         if not self.with_logprobs:

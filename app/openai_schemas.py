@@ -521,14 +521,14 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class ErrorDetail(BaseModel):
+class OpenAIErrorDetail(BaseModel):
     message: str
     type: str
     param: str | None = None
     code: str | None = None
 
 
-class ErrorResponse(BaseModel):
+class OpenAIErrorResponse(BaseModel):
     """OpenAI's error body: `{"error": {"message", "type", "param", "code"}}`."""
 
-    error: ErrorDetail
+    error: OpenAIErrorDetail
