@@ -62,6 +62,15 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
+def answers_at_all(url: str) -> bool:
+    """The server at `url` answers HTTP, whatever the status (it is up, maybe not healthy)."""
+    try:
+        httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
 def answers_ok(url: str) -> bool:
     try:
         return httpx.get(url, timeout=2).status_code == 200

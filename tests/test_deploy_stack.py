@@ -26,6 +26,7 @@ from deploy_support import (
     REPLICA_JOB,
     Child,
     PrometheusAPI,
+    answers_at_all,
     answers_ok,
     convert_like_compose,
     free_port,
@@ -290,3 +291,19 @@ def test_stopping_a_replica_mid_run_loses_no_request(stack: Stack) -> None:
     assert {status for _, status in outcomes} == {200}, Counter(outcomes)
     assert (True, 200) in outcomes, "the survivor answers once the other replica is gone"
     assert generate(survivor.url).status_code == 200
+
+    def stopped_is_down() -> bool:
+        up = stack.prometheus.query(f'up{{instance="{stopped.address}"}}')
+        return bool(up) and up[0]["value"][1] == "0"
+
+    wait_until(stopped_is_down, 15, "Prometheus to report the stopped replica down")
+
+
+def test_nginx_answers_json_when_no_replica_is_left(tmp_path: Path) -> None:
+    nobody_listens = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    nginx, lb_url = start_nginx(nobody_listens, tmp_path)
+    with running(nginx, lambda: answers_at_all(lb_url), 30):
+        answer = httpx.post(f"{lb_url}/generate", json=REQUEST, timeout=10)
+    assert answer.status_code == 503
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json()["error_type"] == "unavailable"
