@@ -13,6 +13,7 @@ One-token prompts therefore run as their own batch when the lengths are mixed.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,15 +108,17 @@ class CTranslate2Engine(Engine):
         self.device = resolve_ct2_device(device)
         compute_type = compute_type_for(quantization, self.device)
         runtime = ctranslate2.Translator if family.is_seq2seq else ctranslate2.Generator
+        self._load_runtime = functools.partial(
+            runtime,
+            str(model_dir),
+            device=self.device,
+            compute_type=compute_type,
+            intra_threads=intra_threads,
+            inter_threads=inter_threads,
+        )
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-            self.model = runtime(
-                str(model_dir),
-                device=self.device,
-                compute_type=compute_type,
-                intra_threads=intra_threads,
-                inter_threads=inter_threads,
-            )
+            self.model = self._load_runtime()
             config = json.loads((model_dir / SOURCE_CONFIG_NAME).read_text(encoding="utf-8"))
         except (OSError, ValueError, RuntimeError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -137,17 +140,31 @@ class CTranslate2Engine(Engine):
     def _options(self, sampling: SamplingParams) -> dict[str, Any]:
         return _DecodingOptions(sampling, sorted(self.eos_token_ids)).as_kwargs()
 
+    def _runtime_for(self, sampling: SamplingParams) -> Any:
+        """The loaded model, or for seeded sampling a fresh copy seeded with the request's seed.
+
+        CTranslate2 seeds each worker thread's random generator once, when that thread first
+        samples, from the global seed at that moment; a thread that has sampled before ignores
+        later `set_random_seed` calls. Only new worker threads - a new model object - honour a
+        per-request seed, so reproducible sampling costs one model load.
+        """
+        if not (sampling.do_sample and sampling.seed is not None):
+            return self.model
+        ctranslate2.set_random_seed(sampling.seed)
+        return self._load_runtime()
+
     def _generate(self, trackers: list[SequenceTracker], sampling: SamplingParams) -> None:
-        if sampling.seed is not None:
-            ctranslate2.set_random_seed(sampling.seed)
+        runtime = self._runtime_for(sampling)
         if self.family.is_seq2seq:
-            self._translate(trackers, sampling)
+            self._translate(runtime, trackers, sampling)
         else:
             for group in _length_groups(trackers):
-                self._continue(group, sampling)
+                self._continue(runtime, group, sampling)
 
-    def _translate(self, trackers: list[SequenceTracker], sampling: SamplingParams) -> None:
-        self.model.translate_batch(
+    def _translate(
+        self, runtime: Any, trackers: list[SequenceTracker], sampling: SamplingParams
+    ) -> None:
+        runtime.translate_batch(
             self._tokens(trackers),
             max_input_length=0,
             max_decoding_length=max(t.request.max_new_tokens for t in trackers),
@@ -156,11 +173,13 @@ class CTranslate2Engine(Engine):
             **self._options(sampling),
         )
 
-    def _continue(self, trackers: list[SequenceTracker], sampling: SamplingParams) -> None:
+    def _continue(
+        self, runtime: Any, trackers: list[SequenceTracker], sampling: SamplingParams
+    ) -> None:
         """Decoder-only generation; the longest prompt bounds the room left in the context."""
         wanted = max(t.request.max_new_tokens for t in trackers)
         room = self.info.max_total_tokens - max(len(t.request.prompt_ids) for t in trackers)
-        self.model.generate_batch(
+        runtime.generate_batch(
             self._tokens(trackers),
             max_length=max(1, min(wanted, room)),
             min_length=sampling.min_new_tokens,

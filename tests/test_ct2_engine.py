@@ -1,0 +1,262 @@
+"""The CTranslate2 and ONNX engines keep the engine contract of the transformers backend.
+
+Parameters (greedy, sampling with seed, top-k, repetition penalty, min/max new tokens, stop
+sequences), outputs (token ids, log-probs, finish reasons) and the per-step callback behave the
+same whichever engine runs. Includes the CTranslate2 one-token-prompt quirk.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import FAMILY_TWINS
+
+from app.engines.base import Engine, EngineRequest, FinishReason, GeneratedToken, SamplingParams
+from app.engines.transformers_engine import TransformersEngine
+from app.families import EngineKind, get_family
+from app.settings import Settings
+from model_store.resolver import ensure_converted, open_engine
+from model_store.sources import ModelSource, resolve_source
+
+GREEDY = SamplingParams()
+FAMILIES = ("lamini-gpt", "lamini-flan-t5")
+ENGINES = (EngineKind.CTRANSLATE2, EngineKind.ONNX)
+
+
+def _open(source: ModelSource, kind: EngineKind, store_dir: Path) -> Engine:
+    settings = Settings(store_dir=store_dir, device="cpu", quantization="float32")
+    entry = ensure_converted(source, kind, settings).entry
+    return open_engine(kind, entry.path, source.family, settings)
+
+
+@pytest.fixture(scope="module")
+def engines(twin_cache_dir: Path, store_dir: Path) -> Callable[[str, EngineKind], Engine]:
+    """`engines(family, kind)`: the family's tiny twin on `kind`, opened once per module."""
+    opened: dict[tuple[str, EngineKind], Engine] = {}
+
+    def get(family: str, kind: EngineKind) -> Engine:
+        if (family, kind) not in opened:
+            source = resolve_source(
+                f"twin:{FAMILY_TWINS[family]}@tiny", twin_cache_dir=twin_cache_dir
+            )
+            opened[family, kind] = (
+                TransformersEngine(source.checkpoint_dir, source.family)
+                if kind is EngineKind.TRANSFORMERS
+                else _open(source, kind, store_dir)
+            )
+        return opened[family, kind]
+
+    return get
+
+
+def _prompt(engine: Engine, instruction: str) -> list[int]:
+    return engine.encode(engine.family.prompt_format.wrap(instruction))
+
+
+def _run(
+    engine: Engine, prompts: list[list[int]], sampling: SamplingParams = GREEDY, **request: object
+) -> list:
+    return engine.generate(
+        [EngineRequest(prompt_ids=p, max_new_tokens=8, **request) for p in prompts], sampling
+    )
+
+
+def test_one_token_prompt_in_a_mixed_batch_matches_transformers(engines: Callable) -> None:
+    """CTranslate2 returns forced prompt tokens as generated ones when the shortest prompt of a
+    batch is one token long; the engine must hide that."""
+    ct2 = engines("lamini-gpt", EngineKind.CTRANSLATE2)
+    reference = engines("lamini-gpt", EngineKind.TRANSFORMERS)
+    one_token = ct2.encode("Hello")
+    longer = ct2.encode("The quick brown fox jumps over the lazy dog")
+    assert len(one_token) == 1 and len(longer) > 2
+
+    batched = [g.token_ids for g in _run(ct2, [one_token, longer, one_token])]
+    singles = [_run(ct2, [p])[0].token_ids for p in (one_token, longer, one_token)]
+    expected = [g.token_ids for g in _run(reference, [one_token, longer, one_token])]
+
+    assert batched == singles == expected
+    assert batched[1][: len(longer) - 1] != longer[1:]  # no echoed prompt tokens
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logprobs_and_texts_match_transformers(
+    family: str, kind: EngineKind, engines: Callable
+) -> None:
+    engine, reference = engines(family, kind), engines(family, EngineKind.TRANSFORMERS)
+    prompts = [_prompt(engine, "Name three colours."), _prompt(engine, "Hi")]
+
+    got, expected = _run(engine, prompts), _run(reference, prompts)
+
+    for generation, wanted in zip(got, expected, strict=True):
+        assert generation.token_ids == wanted.token_ids
+        assert generation.text == wanted.text
+        assert generation.finish_reason is FinishReason.LENGTH
+        for token, wanted_token in zip(generation.tokens, wanted.tokens, strict=True):
+            assert math.isclose(token.logprob, wanted_token.logprob, abs_tol=2e-3)
+            assert token.logprob <= 0
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_row_of_a_batch_keeps_its_own_max_new_tokens(
+    family: str, kind: EngineKind, engines: Callable
+) -> None:
+    engine = engines(family, kind)
+    prompt = _prompt(engine, "Tell me about the moon.")
+    requests = [EngineRequest(prompt, max_new_tokens=n) for n in (2, 6, 4)]
+
+    generations = engine.generate(requests, GREEDY)
+
+    assert [len(g.tokens) for g in generations] == [2, 6, 4]
+    assert generations[0].token_ids == generations[1].token_ids[:2]
+    assert all(g.finish_reason is FinishReason.LENGTH for g in generations)
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_stop_sequence_ends_only_its_row(
+    family: str, kind: EngineKind, engines: Callable
+) -> None:
+    engine = engines(family, kind)
+    prompt = _prompt(engine, "Write a story about a dragon.")
+    full = _run(engine, [prompt])[0]
+    stop = full.tokens[3].text.strip() or full.tokens[3].text
+    assert stop, "the twin's fourth token should carry text"
+
+    stopped, untouched = engine.generate(
+        [EngineRequest(prompt, 8, stop=(stop,)), EngineRequest(prompt, 8)], GREEDY
+    )
+
+    assert stopped.finish_reason is FinishReason.STOP_SEQUENCE
+    assert stopped.stop_sequence == stop and stopped.text.endswith(stop)
+    assert len(stopped.tokens) <= 4
+    assert untouched.token_ids == full.token_ids
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_streaming_callback_gets_every_token_in_order(kind: EngineKind, engines: Callable) -> None:
+    engine = engines("lamini-gpt", kind)
+    prompt = _prompt(engine, "Count to five.")
+    streamed: list[list[GeneratedToken]] = [[], []]
+
+    generations = engine.generate(
+        [
+            EngineRequest(prompt, 5, on_token=streamed[0].append),
+            EngineRequest(prompt[:-2], 7, on_token=streamed[1].append),
+        ],
+        GREEDY,
+    )
+
+    assert [g.tokens for g in generations] == streamed
+    assert [len(tokens) for tokens in streamed] == [5, 7]
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_a_cancelled_row_stops_while_the_others_finish(kind: EngineKind, engines: Callable) -> None:
+    engine = engines("lamini-flan-t5", kind)
+    prompt = _prompt(engine, "Explain rain.")
+    seen: list[GeneratedToken] = []
+
+    cancelled, kept = engine.generate(
+        [
+            EngineRequest(prompt, 8, on_token=seen.append, is_cancelled=lambda: len(seen) >= 2),
+            EngineRequest(prompt, 8),
+        ],
+        GREEDY,
+    )
+
+    assert cancelled.finish_reason is FinishReason.CANCELLED
+    assert len(cancelled.tokens) == 2
+    assert kept.finish_reason is FinishReason.LENGTH and len(kept.tokens) == 8
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sampling_is_reproducible_with_a_seed(
+    family: str, kind: EngineKind, engines: Callable
+) -> None:
+    engine = engines(family, kind)
+    prompts = [_prompt(engine, "Invent a name for a cat.")] * 2
+    sampling = SamplingParams(do_sample=True, temperature=1.5, top_p=0.95, top_k=50, seed=7)
+
+    first = [g.token_ids for g in _run(engine, prompts, sampling)]
+    again = [g.token_ids for g in _run(engine, prompts, sampling)]
+    other_seeds = {
+        tuple(_run(engine, prompts[:1], SamplingParams(do_sample=True, seed=seed))[0].token_ids)
+        for seed in range(5)
+    }
+
+    assert first == again
+    assert len(other_seeds) > 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_top_k_one_and_repetition_penalty_follow_transformers(
+    family: str, engines: Callable
+) -> None:
+    engine = engines(family, EngineKind.CTRANSLATE2)
+    reference = engines(family, EngineKind.TRANSFORMERS)
+    prompts = [_prompt(engine, "Repeat after me: la la la"), _prompt(engine, "Why?")]
+
+    for sampling in (
+        SamplingParams(do_sample=True, top_k=1, seed=3),
+        SamplingParams(repetition_penalty=1.5),
+    ):
+        got = [g.token_ids for g in _run(engine, prompts, sampling)]
+        assert got == [g.token_ids for g in _run(reference, prompts, sampling)], sampling
+
+
+# --- end of sequence: a twin whose eos is planted where greedy decoding will reach it ----------
+
+
+def _plant_eos(checkpoint: Path, out_dir: Path, family_name: str, prompt_text: str) -> None:
+    """Copy `checkpoint` with the eos row of the output layer set just above the row of the
+    token greedy decoding picks second for `prompt_text`, so eos wins at that step."""
+    import torch
+
+    engine = TransformersEngine(checkpoint, get_family(family_name))
+    prompt = engine.encode(engine.family.prompt_format.wrap(prompt_text))
+    second = _run(engine, [prompt])[0].token_ids[1]
+    model, eos = engine.model, engine.tokenizer.eos_token_id
+    with torch.no_grad():
+        head = model.get_output_embeddings().weight
+        head[eos] = head[second] * 1.05
+    model.save_pretrained(out_dir)
+    engine.tokenizer.save_pretrained(out_dir)
+
+
+@pytest.mark.parametrize("kind", [*ENGINES, EngineKind.TRANSFORMERS])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_eos_finishes_a_row_unless_min_new_tokens_forbids_it(
+    family: str,
+    kind: EngineKind,
+    tiny_twin: Callable[[str], Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    store_dir: Path,
+) -> None:
+    planted = tmp_path_factory.getbasetemp() / f"eos-planted-{family}"
+    if not planted.exists():
+        scratch = tmp_path_factory.mktemp("planting")
+        _plant_eos(tiny_twin(FAMILY_TWINS[family]), scratch / "model", family, "Say hello.")
+        shutil.move(scratch / "model", planted)
+    source = resolve_source(str(planted), twin_cache_dir=tmp_path_factory.getbasetemp())
+    engine = (
+        TransformersEngine(planted, source.family)
+        if kind is EngineKind.TRANSFORMERS
+        else _open(source, kind, store_dir)
+    )
+    prompt = _prompt(engine, "Say hello.")
+
+    ended = _run(engine, [prompt])[0]
+    held = _run(engine, [prompt], SamplingParams(min_new_tokens=4))[0]
+
+    assert ended.finish_reason is FinishReason.EOS
+    assert len(ended.tokens) == 2 and ended.tokens[-1].special
+    assert ended.tokens[-1].id == engine.tokenizer.eos_token_id
+    assert len(held.tokens) >= 4
+    assert engine.tokenizer.eos_token_id not in held.token_ids[:4]
