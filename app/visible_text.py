@@ -18,13 +18,20 @@ from app.prompts import NEWLINE_HACK_OUT, PromptFormat
 
 
 def _partial_tail(text: str, patterns: tuple[str, ...]) -> int:
-    """Length of the longest end of `text` that is a proper prefix of one of `patterns`."""
+    """Length of the longest end of `text` that is a proper prefix of one of `patterns`.
+
+    Only the positions where a pattern's first character occurs are tried, so the cost per
+    token stays small however long the stop sequences are.
+    """
     longest = 0
     for pattern in patterns:
-        for size in range(min(len(pattern) - 1, len(text)), longest, -1):
-            if text.endswith(pattern[:size]):
-                longest = size
+        tail = text[max(0, len(text) - len(pattern) + 1) :]
+        start = tail.find(pattern[0]) if tail else -1
+        while start != -1 and len(tail) - start > longest:
+            if pattern.startswith(tail[start:]):
+                longest = len(tail) - start
                 break
+            start = tail.find(pattern[0], start + 1)
     return longest
 
 

@@ -47,3 +47,9 @@ def test_newline_hack_markers_are_decoded_not_sent_half_way() -> None:
 def test_surrounding_whitespace_is_stripped_like_the_whole_answer(pieces: list[str]) -> None:
     deltas = stream(RAW, (), pieces)
     assert "".join(deltas) == "".join(pieces).strip()
+
+
+def test_a_long_stop_sequence_holds_back_only_a_matching_tail() -> None:
+    long_stop = "<" + "x" * 5000 + ">"
+    deltas = stream(RAW, (long_stop,), ["answer <xx", "x", "y"])
+    assert deltas == ["answer", "", " <xxxy", ""]
