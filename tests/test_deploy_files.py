@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import subprocess
 import sys
@@ -270,6 +271,29 @@ def test_compose_grafana_provisions_the_dashboard_from_prometheus(
         source["url"] == "http://prometheus:9090"
         and "9090" in compose["services"]["prometheus"]["ports"][0]
     )
+
+
+@pytest.mark.parametrize(
+    "files", [["compose.yaml"], ["compose.yaml", "compose.cuda.yaml"]], ids=["cpu", "cuda"]
+)
+def test_compose_files_are_valid_for_docker_compose(files: list[str]) -> None:
+    """docker-compose's own schema validation and interpolation (no engine needed)."""
+    command = [require_binary("docker-compose")]
+    for name in files:
+        command += ["-f", name]
+    result = subprocess.run(
+        [*command, "config"],
+        cwd=DEPLOY_DIR,
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)["services"]
+    assert resolved["lamini"]["deploy"]["replicas"] == 2
+    assert resolved["lamini"]["environment"]["LAMINI_MODELS"] == "MBZUAI/LaMini-Flan-T5-248M"
+    assert resolved["convert"]["command"] == ["convert", "MBZUAI/LaMini-Flan-T5-248M"]
 
 
 # --- Prometheus, nginx, Grafana --------------------------------------------------------------
