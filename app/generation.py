@@ -178,6 +178,8 @@ class ServedModel:
     # --- generating ----------------------------------------------------------------------------
 
     def _submit(self, prepared: PreparedRequest, on_token: Any) -> Ticket:
+        """Queue the request; it counts as in flight until its generation ends, however it ends
+        (so the gauge stays right even for a stream nobody reads)."""
         ticket = self.batcher.submit(
             prepared.prompt_ids,
             prepared.max_new_tokens,
@@ -186,6 +188,7 @@ class ServedModel:
             on_token=on_token,
         )
         self.metrics.track_in_flight(+1)
+        ticket.future.add_done_callback(lambda _: self.metrics.track_in_flight(-1))
         return ticket
 
     def _deadline(self, prepared: PreparedRequest) -> float:
@@ -216,14 +219,13 @@ class ServedModel:
             self._cancel(ticket, timed_out=False)
             raise
         finally:
-            self.metrics.track_in_flight(-1)
             if watcher is not None:
                 watcher.cancel()
 
-    async def stream(self, prepared: PreparedRequest) -> AsyncIterator[StreamEvent]:
-        """Yield one event per token as the batch produces it; the last carries the completion.
-
-        Closing the iterator early (the client went away) cancels the request.
+    def stream(self, prepared: PreparedRequest) -> AsyncIterator[StreamEvent]:
+        """Queue the request now (a full queue raises here, before any response is sent) and
+        return its events: one per token as the batch produces it, the last one carrying the
+        completion. Closing the iterator early (the client went away) cancels the request.
         """
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Any] = asyncio.Queue()
@@ -237,6 +239,15 @@ class ServedModel:
         ticket.future.add_done_callback(
             lambda _: loop.call_soon_threadsafe(events.put_nowait, _FINISHED)
         )
+        return self._events(prepared, ticket, events, timing)
+
+    async def _events(
+        self,
+        prepared: PreparedRequest,
+        ticket: Ticket,
+        events: asyncio.Queue[Any],
+        timing: _Timing,
+    ) -> AsyncIterator[StreamEvent]:
         completed = False
         try:
             held: GeneratedToken | None = None
@@ -252,7 +263,6 @@ class ServedModel:
                 raise GenerationError("the engine finished without producing a token")
             yield StreamEvent(index, held, completion)
         finally:
-            self.metrics.track_in_flight(-1)
             if not completed:
                 self._cancel(ticket, timed_out=False)
 

@@ -51,14 +51,16 @@ def test_queue_overflow_answers_429_with_retry_after(slow_queue_server: RunningS
     wait_for(lambda: server.metric("lamini_queue_size", model=MODEL) == 2)
 
     overflow = server.post("/generate", json=generate_body())
+    stream_overflow = server.post("/generate_stream", json=generate_body())
 
-    assert overflow.status_code == 429
-    assert overflow.json()["error_type"] == "overloaded"
-    assert int(overflow.headers["retry-after"]) >= 1
+    for response in (overflow, stream_overflow):
+        assert response.status_code == 429
+        assert response.json()["error_type"] == "overloaded"
+        assert int(response.headers["retry-after"]) >= 1
     for thread, results in waiting:
         thread.join(30)
         assert results[0].status_code == 200
-    assert server.metric("lamini_request_rejected_total", model=MODEL, reason="queue_full") == 1
+    assert server.metric("lamini_request_rejected_total", model=MODEL, reason="queue_full") == 2
     assert server.metric("lamini_request_total", route="/generate", status="429") == 1
 
 
