@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -233,6 +234,27 @@ def twin_config(hub_id: str, size: TwinSize = TwinSize.TINY, seed: int = 0) -> A
     return AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
 
 
+# Building holds the float32 weights plus the random tensors copied into them.
+_BUILD_BYTES_PER_PARAMETER = 8
+
+
+def _refuse_if_too_big(auto_model: Any, config: Any) -> None:
+    """Fail up front, instead of being killed half-way, when a twin cannot fit in memory
+    (the full flant5-dolly-xxl twin has 11B parameters)."""
+    import torch
+
+    with torch.device("meta"):
+        parameters = auto_model.from_config(config).num_parameters()
+    needed = parameters * _BUILD_BYTES_PER_PARAMETER
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise ModelSourceError(
+            f"the {config.lamini_twin['size']} twin of {getattr(config, SOURCE_MODEL_CONFIG_KEY)} "
+            f"has {parameters / 1e9:.1f}B parameters and needs about {needed / 2**30:.0f} GiB of "
+            f"memory to build; this machine has {available / 2**30:.0f} GiB (use the tiny size)"
+        )
+
+
 def build_twin(hub_id: str, out_dir: Path, size: TwinSize = TwinSize.TINY, seed: int = 0) -> Path:
     """Write a twin checkpoint of `hub_id` into `out_dir` (created; must not exist or be empty)."""
     import torch
@@ -244,6 +266,7 @@ def build_twin(hub_id: str, out_dir: Path, size: TwinSize = TwinSize.TINY, seed:
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ModelSourceError(f"{out_dir} is not empty; choose a new directory for the twin")
     auto = AutoModelForSeq2SeqLM if family.is_seq2seq else AutoModelForCausalLM
+    _refuse_if_too_big(auto, config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = auto.from_config(config)
