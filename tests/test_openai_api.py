@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from openai import OpenAI
+from openai import AsyncOpenAI, OpenAI
 from openai_support import FLAN, FLAN_HUB_ID, GPT, GPT_HUB_ID, openai_client, prompt_token_count
 from server import RunningServer, running_server
 
@@ -270,3 +271,37 @@ def test_a_client_leaving_a_stream_cancels_its_generation(server: RunningServer)
     while server.metric("lamini_request_cancelled_total", model=GPT) == before:
         assert time.monotonic() < deadline, "the abandoned stream was never cancelled"
         time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_concurrent_streamed_and_whole_requests_agree(server: RunningServer) -> None:
+    """Sixty overlapping greedy chats (half streamed, n=2) batch together and still agree."""
+    client = AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+    questions = [f"Question number {i}?" for i in range(5)]
+
+    async def answer(i: int) -> tuple[str, list[str]]:
+        question = questions[i % len(questions)]
+        arguments = {
+            "model": GPT,
+            "messages": [{"role": "user", "content": question}],
+            "temperature": 0,
+            "max_tokens": 30,
+            "n": 2,
+        }
+        if i % 2 == 0:
+            whole = await client.chat.completions.create(**arguments)
+            return question, [choice.message.content or "" for choice in whole.choices]
+        texts = ["", ""]
+        async for chunk in await client.chat.completions.create(**arguments, stream=True):
+            for choice in chunk.choices:
+                texts[choice.index] += choice.delta.content or ""
+        return question, texts
+
+    async def answer_all() -> list[tuple[str, list[str]]]:
+        return list(await asyncio.gather(*(answer(i) for i in range(60))))
+
+    answers: dict[str, set[str]] = {}
+    for question, texts in asyncio.run(answer_all()):
+        answers.setdefault(question, set()).update(texts)
+    assert answers.keys() == set(questions)
+    assert all(len(texts) == 1 for texts in answers.values()), answers
