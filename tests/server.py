@@ -34,6 +34,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # tiny twin in about a second and needs no conversion.
 DEFAULT_TEST_ENV = {"LAMINI_ENGINE": "transformers", "LAMINI_INTRA_THREADS": "1"}
 
+# The histograms of the metrics contract (dashboards and alert rules are built on these names).
+HISTOGRAMS = (
+    "lamini_request_duration_seconds",
+    "lamini_request_queue_duration_seconds",
+    "lamini_request_time_to_first_token_seconds",
+    "lamini_request_time_per_output_token_seconds",
+    "lamini_request_input_tokens",
+    "lamini_request_generated_tokens",
+    "lamini_batch_size",
+)
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

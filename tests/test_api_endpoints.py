@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from server import RunningServer, running_server
+from server import HISTOGRAMS, RunningServer, running_server
 
 T5 = "twin:MBZUAI/LaMini-Flan-T5-77M@tiny"
 GPT = "twin:MBZUAI/LaMini-GPT-124M@tiny"
@@ -201,15 +201,7 @@ def test_metrics_are_prometheus_text_with_the_fixed_names(server: RunningServer)
     generate(server, "Hello", max_new_tokens=3)
     samples = server.metric_samples()
     names = {name for name, _ in samples}
-    for histogram in (
-        "lamini_request_duration_seconds",
-        "lamini_request_queue_duration_seconds",
-        "lamini_request_time_to_first_token_seconds",
-        "lamini_request_time_per_output_token_seconds",
-        "lamini_request_input_tokens",
-        "lamini_request_generated_tokens",
-        "lamini_batch_size",
-    ):
+    for histogram in HISTOGRAMS:
         assert f"{histogram}_count" in names, histogram
     for name in (
         "lamini_request_total",

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from server import RunningServer, running_server
+from server import HISTOGRAMS, RunningServer, running_server
 
 from app.engines.base import EngineRequest, SamplingParams
 from app.settings import Settings
@@ -73,18 +73,7 @@ def test_greedy_output_over_http_is_the_engines_output(
 def test_64_concurrent_requests_are_answered_correctly_in_shared_batches(
     server: RunningServer, engine_answers: dict[str, str]
 ) -> None:
-    before = {
-        name: histogram_count(server, name)
-        for name in (
-            "lamini_batch_size",
-            "lamini_request_duration_seconds",
-            "lamini_request_queue_duration_seconds",
-            "lamini_request_time_to_first_token_seconds",
-            "lamini_request_time_per_output_token_seconds",
-            "lamini_request_input_tokens",
-            "lamini_request_generated_tokens",
-        )
-    }
+    before = {name: histogram_count(server, name) for name in HISTOGRAMS}
     batches_before = before["lamini_batch_size"]
     sequences_before = server.metric("lamini_batch_size_sum", model=MODEL)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(64)]
