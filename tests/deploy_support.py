@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -263,9 +264,13 @@ def write_nginx_main_config(prefix: Path, include: Path) -> Path:
         f"    {kind}_temp_path {prefix}/temp/{kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
+    # As root, nginx's workers would run as `nobody`, who cannot enter pytest's private temp
+    # directories; the image's nginx user owns its directories instead.
+    user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""
     config = prefix / "nginx.conf"
     config.write_text(
-        f"""worker_processes 1;
+        f"""{user}
+worker_processes 1;
 pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log info;
 events {{ worker_connections 512; }}

@@ -193,6 +193,11 @@ def test_errors_through_nginx_are_json(stack: Stack) -> None:
     assert invalid.status_code == 422 and invalid.json()["error_type"] == "validation"
     too_large = httpx.post(f"{stack.lb_url}/generate", content=b"x" * 2_000_000, timeout=10)
     assert too_large.status_code == 413 and "error" in too_large.json()
+    # A body nginx accepts but larger than its default buffers reaches the replica intact.
+    long_prompt = {"inputs": "word " * 150_000, "parameters": {"max_new_tokens": 4}}
+    long = httpx.post(f"{stack.lb_url}/generate", json=long_prompt, timeout=60)
+    assert long.status_code in (200, 422), long.text
+    assert long.headers["content-type"] == "application/json"
 
 
 def test_image_healthcheck_passes_on_a_live_replica_only(stack: Stack) -> None:
