@@ -98,14 +98,14 @@ class ChoiceStreams:
     def __init__(self, served: ServedModel, plan: ChoicePlan) -> None:
         self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
         self._started: list[tuple[int, Any]] = []
-        self._tasks = [
-            asyncio.ensure_future(self._pump(choice.index, served.stream(choice.prepared)))
-            for choice in plan.choices
-        ]
+        self._tasks = [asyncio.ensure_future(self._pump(served, choice)) for choice in plan.choices]
 
-    async def _pump(self, index: int, stream: AsyncIterator[StreamEvent]) -> None:
+    async def _pump(self, served: ServedModel, choice: Choice) -> None:
+        """Forward one choice's events; queueing it happens here, so a full queue is reported
+        like any other failure (and cancelling the task cancels the generation)."""
+        index = choice.index
         try:
-            async for event in stream:
+            async for event in served.stream(choice.prepared):
                 await self._queue.put((index, event))
         except Exception as exc:  # handed to the consumer, who decides how to report it
             await self._queue.put((index, exc))

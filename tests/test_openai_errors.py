@@ -3,10 +3,12 @@ parameter, as the official client reports them."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from openai import OpenAI
@@ -19,7 +21,8 @@ USER_MESSAGE = [{"role": "user", "content": "Hello"}]
 @pytest.fixture(scope="module")
 def server(tiny_twin: Callable[[str], Path]) -> Iterator[RunningServer]:
     tiny_twin(FLAN_HUB_ID)
-    with running_server([FLAN], args=["--max-client-batch-size", "4"]) as running:
+    small_queue = ["--max-queue-size", "2", "--max-batch-size", "1"]
+    with running_server([FLAN], args=["--max-client-batch-size", "4", *small_queue]) as running:
         yield running
 
 
@@ -195,3 +198,21 @@ def test_harmless_openai_fields_are_accepted(client: OpenAI) -> None:
         extra_body={"top_k": 5, "repetition_penalty": 1.2},
     )
     assert response.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_full_queue_is_a_429_with_retry_after(server: RunningServer, stream: bool) -> None:
+    body = {"model": FLAN, "messages": USER_MESSAGE, "max_tokens": 40, "stream": stream}
+
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as http:
+            requests = [http.post("/v1/chat/completions", json=body) for _ in range(12)]
+            return list(await asyncio.gather(*requests))
+
+    responses = asyncio.run(flood())
+    statuses = sorted(response.status_code for response in responses)
+    assert set(statuses) == {200, 429}, statuses
+    refused = next(response for response in responses if response.status_code == 429)
+    assert refused.headers["retry-after"].isdigit()
+    error = refused.json()["error"]
+    assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded")
