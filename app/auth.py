@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -162,7 +163,7 @@ def open_paths(settings: Settings) -> frozenset[str]:
     return ALWAYS_OPEN_PATHS | {METRICS_PATH}
 
 
-def install_access_control(app: ASGIApp, settings: Settings) -> None:
+def install_access_control(app: Starlette, settings: Settings) -> None:
     """Add key checking and CORS to a Starlette/FastAPI app (call before request-id logging).
 
     CORS is added last so it is the outer layer: preflights are answered before the key
@@ -171,6 +172,9 @@ def install_access_control(app: ASGIApp, settings: Settings) -> None:
     keyring = ApiKeyRing.from_settings(settings)
     if keyring.enabled:
         app.add_middleware(ApiKeyMiddleware, keyring=keyring, open_paths=open_paths(settings))
+        logger.info("API keys required (%d accepted)", len(keyring.digests))
+    else:
+        logger.info("no API keys configured: every route is open")
     if settings.cors_allow_origins:
         app.add_middleware(
             CORSMiddleware,
