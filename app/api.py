@@ -106,7 +106,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, error: HTTPException) -> Response:
         error_type = "not_found" if error.status_code == 404 else "validation"
-        body = ErrorResponse(error=str(error.detail), error_type=error_type)
+        message = str(error.detail)
+        if error.status_code == 400 and error.__cause__ is not None:  # FastAPI's JSON parsing
+            message = f"the request body could not be parsed as JSON: {error.__cause__}"
+        body = ErrorResponse(error=message, error_type=error_type)
         return JSONResponse(body.model_dump(), status_code=error.status_code)
 
     @app.exception_handler(Exception)

@@ -33,9 +33,10 @@ _NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
 
 
 class _Strict(BaseModel):
-    """Unknown fields are an error: a misspelt parameter must not be silently ignored."""
+    """Unknown fields and wrong JSON types are errors, as in TGI: a misspelt parameter or a
+    `"max_new_tokens": "20"` must not be silently ignored or guessed at."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 def _check_text(value: str, what: str) -> str:

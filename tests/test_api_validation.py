@@ -46,6 +46,10 @@ def body_with(**parameters: object) -> dict:
         (body_with(max_new_tokens=10**30), "max_new_tokens"),
         (body_with(max_new_tokens=2.5), "max_new_tokens"),
         (body_with(do_sample="perhaps"), "do_sample"),
+        (body_with(max_new_tokens="20"), "max_new_tokens"),
+        (body_with(max_new_tokens=True), "max_new_tokens"),
+        (body_with(details="yes"), "details"),
+        (body_with(temperature="0.5"), "temperature"),
         (body_with(do_sample=True, temperature=0), "temperature"),
         (body_with(temperature=-1), "temperature"),
         (body_with(do_sample=True, temperature=1e-45), "temperature"),
@@ -98,6 +102,9 @@ def test_lone_surrogates_are_rejected(server: RunningServer) -> None:
 
 def test_invalid_json_is_400(server: RunningServer) -> None:
     assert_error(server.post("/generate", content=b'{"inputs": "hi"'), 400, "JSON")
+    assert_error(server.post("/generate", content=b"[" * 50_000), 400, "JSON")
+    huge_number = b'{"inputs": "hi", "parameters": {"seed": ' + b"9" * 5000 + b"}}"
+    assert_error(server.post("/generate", content=huge_number), 400, "JSON")
     assert_error(server.post("/generate", content=b""), 422, "")
 
 
