@@ -54,6 +54,18 @@ def choose_engine(family: Family, setting: str) -> EngineKind:
     return kind
 
 
+def _converted_engine_class(kind: EngineKind) -> type:
+    """The engine class for store entries of `kind` (imported on demand: each pulls in its
+    runtime, and a slim image may lack the ONNX one)."""
+    if kind is EngineKind.CTRANSLATE2:
+        from app.engines.ctranslate2_engine import CTranslate2Engine
+
+        return CTranslate2Engine
+    from app.engines.onnx_engine import OnnxEngine
+
+    return OnnxEngine
+
+
 def open_engine(
     kind: EngineKind, checkpoint_dir: Path, family: Family, settings: Settings
 ) -> Engine:
@@ -62,21 +74,8 @@ def open_engine(
     For CTranslate2 and ONNX, `checkpoint_dir` is a model store entry (see `load_model`); its
     manifest says the quantization.
     """
-    if kind is EngineKind.CTRANSLATE2:
-        from app.engines.ctranslate2_engine import CTranslate2Engine
-
-        return CTranslate2Engine(
-            checkpoint_dir,
-            family,
-            read_manifest(checkpoint_dir).quantization,
-            device=settings.device,
-            intra_threads=settings.intra_threads,
-            inter_threads=settings.inter_threads,
-        )
-    if kind is EngineKind.ONNX:
-        from app.engines.onnx_engine import OnnxEngine
-
-        return OnnxEngine(
+    if kind in (EngineKind.CTRANSLATE2, EngineKind.ONNX):
+        return _converted_engine_class(kind)(
             checkpoint_dir,
             family,
             read_manifest(checkpoint_dir).quantization,

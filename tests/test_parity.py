@@ -95,11 +95,9 @@ def expected_tokens(reference: Callable[[str], Engine]) -> Callable[[str, bool],
 
 
 @pytest.fixture(scope="module")
-def converted(
-    source_for: Callable[[str], ModelSource], store_dir: Path
-) -> Callable[[str, EngineKind, str], Engine]:
-    def get(family: str, kind: EngineKind, quantization: str) -> Engine:
-        settings = Settings(store_dir=store_dir, device="cpu", quantization=quantization)
+def converted(source_for: Callable[[str], ModelSource], store_dir: Path) -> Callable[..., Engine]:
+    def get(family: str, kind: EngineKind, quantization: str, device: str = "cpu") -> Engine:
+        settings = Settings(store_dir=store_dir, device=device, quantization=quantization)
         source = source_for(family)
         entry = ensure_converted(source, kind, settings).entry
         return open_engine(kind, entry.path, source.family, settings)
@@ -110,6 +108,13 @@ def converted(
 def _prompts(engine: Engine) -> list[list[int]]:
     wrap = engine.family.prompt_format.wrap
     return [engine.encode(wrap(instruction)) for instruction in INSTRUCTIONS]
+
+
+def _batched_report(engine: Engine, expected_tokens: Callable) -> ParityReport:
+    return ParityReport(
+        reference=expected_tokens(engine.family.name, True),
+        candidate=greedy_tokens(engine, _prompts(engine), MAX_NEW_TOKENS, batched=True),
+    )
 
 
 @pytest.mark.parametrize(("family", "kind"), CASES)
@@ -128,6 +133,7 @@ def test_float32_greedy_tokens_equal_transformers(
     assert all(len(tokens) > 0 for tokens in batched)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("family", "kind"), CASES)
 def test_int8_engines_run_batches_and_mostly_agree(
     family: str, kind: EngineKind, expected_tokens: Callable, converted: Callable
@@ -135,10 +141,7 @@ def test_int8_engines_run_batches_and_mostly_agree(
     engine = converted(family, kind, "int8")
     prompts = _prompts(engine)
 
-    report = ParityReport(
-        reference=expected_tokens(family, True),
-        candidate=greedy_tokens(engine, prompts, MAX_NEW_TOKENS, batched=True),
-    )
+    report = _batched_report(engine, expected_tokens)
 
     assert engine.info.quantization.startswith("int8")
     assert len(report.candidate) == len(prompts)
@@ -162,19 +165,13 @@ def _onnxruntime_has_cuda() -> bool:
 @pytest.mark.skipif(not _ct2_sees_cuda(), reason="needs a CUDA GPU (CTranslate2 sees none)")
 @pytest.mark.parametrize("quantization", ["float16", "int8_float16"])
 def test_cuda_ctranslate2_runs_half_precision(
-    quantization: str, expected_tokens: Callable, source_for: Callable, store_dir: Path
+    quantization: str, expected_tokens: Callable, converted: Callable
 ) -> None:
-    settings = Settings(store_dir=store_dir, device="cuda", quantization=quantization)
-    source = source_for("lamini-flan-t5")
-    entry = ensure_converted(source, EngineKind.CTRANSLATE2, settings).entry
-    engine = open_engine(EngineKind.CTRANSLATE2, entry.path, source.family, settings)
-    report = ParityReport(
-        reference=expected_tokens("lamini-flan-t5", True),
-        candidate=greedy_tokens(engine, _prompts(engine), MAX_NEW_TOKENS, batched=True),
-    )
+    engine = converted("lamini-flan-t5", EngineKind.CTRANSLATE2, quantization, device="cuda")
 
-    assert engine.info.device == "cuda"
-    assert engine.info.quantization == quantization
+    report = _batched_report(engine, expected_tokens)
+
+    assert (engine.info.device, engine.info.quantization) == ("cuda", quantization)
     assert report.first_token_agreement >= INT8_MIN_FIRST_TOKEN_AGREEMENT
 
 
@@ -182,17 +179,10 @@ def test_cuda_ctranslate2_runs_half_precision(
 @pytest.mark.skipif(
     not _onnxruntime_has_cuda(), reason="needs onnxruntime-gpu with the CUDA execution provider"
 )
-def test_cuda_onnx_matches_transformers(
-    expected_tokens: Callable, source_for: Callable, store_dir: Path
-) -> None:
-    settings = Settings(store_dir=store_dir, device="cuda", quantization="float32")
-    source = source_for("lamini-neo")
-    entry = ensure_converted(source, EngineKind.ONNX, settings).entry
-    engine = open_engine(EngineKind.ONNX, entry.path, source.family, settings)
-    report = ParityReport(
-        reference=expected_tokens("lamini-neo", True),
-        candidate=greedy_tokens(engine, _prompts(engine), MAX_NEW_TOKENS, batched=True),
-    )
+def test_cuda_onnx_matches_transformers(expected_tokens: Callable, converted: Callable) -> None:
+    engine = converted("lamini-neo", EngineKind.ONNX, "float32", device="cuda")
+
+    report = _batched_report(engine, expected_tokens)
 
     assert engine.info.device == "cuda"
     assert report.first_token_agreement == 1.0
