@@ -6,7 +6,9 @@ A long `max_batch_wait_ms` keeps requests queued for a known time, which makes "
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -78,6 +80,33 @@ def test_disconnect_while_queued_cancels_and_frees_the_slot(
     assert server.metric("lamini_queue_size", model=MODEL) == 0
     wait_for(lambda: server.metric("lamini_requests_in_flight", model=MODEL) == 0)
     assert server.post("/generate", json=generate_body()).status_code == 200
+
+
+def test_disconnect_while_generating_cancels_a_plain_request(
+    slow_queue_server: RunningServer,
+) -> None:
+    server = slow_queue_server
+    cancelled_before = server.metric("lamini_request_cancelled_total", model=MODEL)
+    body = json.dumps(generate_body(max_new_tokens=900)).encode()
+    host, port = server.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(
+            b"POST /generate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        wait_for(
+            lambda: (
+                server.metric("lamini_queue_size", model=MODEL) == 0
+                and server.metric("lamini_requests_in_flight", model=MODEL) == 1
+            )
+        )
+
+    wait_for(
+        lambda: server.metric("lamini_request_cancelled_total", model=MODEL) > cancelled_before
+    )
+    wait_for(lambda: server.metric("lamini_requests_in_flight", model=MODEL) == 0)
+    assert server.metric("lamini_request_total", route="/generate", status="499") >= 1
 
 
 def test_disconnect_while_streaming_stops_generation(slow_queue_server: RunningServer) -> None:
