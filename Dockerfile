@@ -79,8 +79,9 @@ USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8080
-# uvicorn drains in-flight requests on SIGTERM; give it `docker stop -t 30` (compose sets
-# stop_grace_period) for long generations.
+# SIGTERM drains: readiness goes false, new requests get 503 (nginx retries them elsewhere) and
+# in-flight ones have LAMINI_SHUTDOWN_GRACE_S (30 s) to finish; so `docker stop -t 40`, and
+# compose's stop_grace_period is 40 s.
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('LAMINI_PORT', '8080') + '/health', timeout=4)"]
