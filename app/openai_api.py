@@ -259,3 +259,15 @@ async def retrieve_model(model: str, request: Request) -> ModelCard:
     if model not in request.app.state.service.model_names:
         raise ModelNotFoundError(f"model {model!r} is not served here")
     return _model_card(model)
+
+
+@router.api_route(
+    "/{path:path}",
+    methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+    include_in_schema=False,
+)
+async def unknown_openai_url(path: str, request: Request) -> Response:
+    """Any other `/v1` URL or method: OpenAI's "Invalid URL" 404 instead of TGI's shape."""
+    message = f"Invalid URL ({request.method} /v1/{path}); this server implements "
+    message += "POST /v1/completions, POST /v1/chat/completions and GET /v1/models"
+    return OpenAIError(404, message, code="unknown_url").response()

@@ -200,10 +200,14 @@ def test_streamed_chat_announces_the_role_then_adds_up(client: OpenAI) -> None:
     whole = client.chat.completions.create(
         model=GPT, messages=messages, temperature=0, max_tokens=16, n=2
     )
-    chunks = list(
-        client.chat.completions.create(
-            model=GPT, messages=messages, temperature=0, max_tokens=16, n=2, stream=True
-        )
+    *chunks, usage_chunk = client.chat.completions.create(
+        model=GPT,
+        messages=messages,
+        temperature=0,
+        max_tokens=16,
+        n=2,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     assert all(chunk.object == "chat.completion.chunk" for chunk in chunks)
     for index in (0, 1):
@@ -213,6 +217,8 @@ def test_streamed_chat_announces_the_role_then_adds_up(client: OpenAI) -> None:
             whole.choices[index].message.content
         )
         assert mine[-1].finish_reason == whole.choices[index].finish_reason
+    assert usage_chunk.choices == []
+    assert usage_chunk.usage == whole.usage
 
 
 def test_chat_logprobs_cover_every_generated_token(client: OpenAI) -> None:

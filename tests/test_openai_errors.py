@@ -216,3 +216,13 @@ def test_a_full_queue_is_a_429_with_retry_after(server: RunningServer, stream: b
     assert refused.headers["retry-after"].isdigit()
     error = refused.json()["error"]
     assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/v1/completions"), ("POST", "/v1/embeddings")]
+)
+def test_other_v1_urls_are_an_openai_404(server: RunningServer, method: str, path: str) -> None:
+    response = server.client().request(method, path, json={})
+    assert response.status_code == 404
+    assert_openai_error(response.json(), None, "unknown_url")
+    assert f"{method} {path}" in response.json()["error"]["message"]
