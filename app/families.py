@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from app.errors import FamilyResolutionError
 from app.prompts import ALPACA, NEWLINE_HACK, RAW, RAW_WITH_BOS, PromptFormat
@@ -238,18 +239,7 @@ def _directory_names(directory: Path) -> list[str]:
     return names
 
 
-def family_for_checkpoint(directory: Path, explicit: str | None = None) -> Family:
-    """Decide the family of a local Hugging Face checkpoint directory.
-
-    An explicit family always wins. Otherwise the architecture (`model_type` in config.json)
-    narrows the candidates and the model's name picks one of them: the hub id recorded by a
-    twin, then `_name_or_path`, then the directory's own name (or its hub cache folder); an
-    architecture only one family has decides on its own. Two families that share an
-    architecture are never guessed between: raw T5 and newline-hack T5 differ only in the
-    prompt, so a wrong guess silently ruins every answer.
-    """
-    if explicit:
-        return get_family(explicit)
+def _read_config(directory: Path) -> dict[str, Any]:
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise FamilyResolutionError(
@@ -261,7 +251,30 @@ def family_for_checkpoint(directory: Path, explicit: str | None = None) -> Famil
         raise FamilyResolutionError(f"cannot read {config_path}: {exc}") from None
     if not isinstance(config, dict):
         raise FamilyResolutionError(f"{config_path} is not a JSON object")
+    return config
+
+
+def family_for_checkpoint(directory: Path, explicit: str | None = None) -> Family:
+    """Decide the family of a local Hugging Face checkpoint directory.
+
+    An explicit family always wins (over every name; a checkpoint of another architecture is an
+    error). Otherwise the architecture (`model_type` in config.json)
+    narrows the candidates and the model's name picks one of them: the hub id recorded by a
+    twin, then `_name_or_path`, then the directory's own name (or its hub cache folder); an
+    architecture only one family has decides on its own. Two families that share an
+    architecture are never guessed between: raw T5 and newline-hack T5 differ only in the
+    prompt, so a wrong guess silently ruins every answer.
+    """
+    config = _read_config(directory)
     model_type = str(config.get("model_type", ""))
+    if explicit:
+        family = get_family(explicit)
+        if model_type and model_type != family.model_type:
+            raise FamilyResolutionError(
+                f"{directory} is a {model_type} checkpoint, but the {family.name} family is "
+                f"{family.model_type}; pass the right --family or none"
+            )
+        return family
     architectures = config.get("architectures") or []
     candidates = [
         f

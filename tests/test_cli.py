@@ -171,6 +171,7 @@ def test_generate_plain_output_is_the_tidied_text(capsys: pytest.CaptureFixture[
 
     assert plain.returncode == 0, plain.stderr
     assert plain.stdout == as_json["tidied_text"] + "\n"
+    assert plain.stderr == ""
 
 
 def test_generate_sampling_follows_the_seed(capsys: pytest.CaptureFixture[str]) -> None:

@@ -206,3 +206,10 @@ def test_unusable_config_is_a_clear_error(tmp_path: Path, config_text: str, expe
 def test_directory_without_config_is_not_a_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(FamilyResolutionError, match=r"no config\.json"):
         family_for_checkpoint(tmp_path)
+
+
+def test_explicit_family_of_another_architecture_is_refused(tmp_path: Path) -> None:
+    directory = _checkpoint(tmp_path, "LaMini-T5-61M", model_type="t5")
+
+    with pytest.raises(FamilyResolutionError, match="is a t5 checkpoint, but the lamini-gpt"):
+        family_for_checkpoint(directory, "lamini-gpt")
