@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ConversionError
+from conversion.common import conversion_step, save_tokenizer
 
 # What `--quantization` may say for CTranslate2 (float16 variants only run on CUDA).
 CT2_QUANTIZATIONS = ("float32", "int8", "int8_float32", "int8_float16", "float16")
@@ -56,18 +57,12 @@ def _converter(checkpoint_dir: Path) -> Any:
 
 def convert_to_ctranslate2(checkpoint_dir: Path, out_dir: Path, quantization: str) -> None:
     """Write the CTranslate2 conversion of `checkpoint_dir` (with its tokenizer) into `out_dir`."""
-    from transformers import AutoTokenizer
-
     if quantization not in CT2_QUANTIZATIONS:
         raise ConversionError(
             f"CTranslate2 quantization {quantization!r} is not supported; "
             f"use one of: {', '.join(CT2_QUANTIZATIONS)}"
         )
-    try:
+    with conversion_step(f"converting {checkpoint_dir} to CTranslate2"):
         _converter(checkpoint_dir).convert(str(out_dir), quantization=quantization, force=True)
-    except ValueError as exc:  # unsupported architecture, vocabulary mismatch
-        raise ConversionError(
-            f"CTranslate2 cannot convert {checkpoint_dir}: {str(exc).splitlines()[0]}"
-        ) from None
-    AutoTokenizer.from_pretrained(str(checkpoint_dir)).save_pretrained(str(out_dir))
-    (out_dir / SOURCE_CONFIG_NAME).write_bytes((checkpoint_dir / "config.json").read_bytes())
+        save_tokenizer(checkpoint_dir, out_dir)
+        (out_dir / SOURCE_CONFIG_NAME).write_bytes((checkpoint_dir / "config.json").read_bytes())

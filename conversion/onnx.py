@@ -15,6 +15,7 @@ from pathlib import Path
 
 from app.errors import ConversionError
 from app.families import Family
+from conversion.common import conversion_step, save_tokenizer
 
 ONNX_QUANTIZATIONS = ("float32", "int8")
 
@@ -41,24 +42,18 @@ def _quantize_dynamic_int8(model_dir: Path) -> None:
 
 def convert_to_onnx(checkpoint_dir: Path, out_dir: Path, family: Family, quantization: str) -> None:
     """Write the ONNX export of `checkpoint_dir` (with its tokenizer) into `out_dir`."""
-    from transformers import AutoTokenizer
-
     if quantization not in ONNX_QUANTIZATIONS:
         raise ConversionError(
             f"ONNX quantization {quantization!r} is not supported; "
             f"use one of: {', '.join(ONNX_QUANTIZATIONS)}"
         )
-    try:
+    with conversion_step(f"exporting {checkpoint_dir} to ONNX"):
         with warnings.catch_warnings():  # the torch tracer warns about every data-dependent branch
             warnings.simplefilter("ignore")
             model = ort_model_class(family).from_pretrained(
                 str(checkpoint_dir), export=True, use_cache=True, local_files_only=True
             )
-    except (OSError, ValueError) as exc:
-        raise ConversionError(
-            f"optimum cannot export {checkpoint_dir} to ONNX: {str(exc).splitlines()[0]}"
-        ) from None
-    model.save_pretrained(str(out_dir))
-    if quantization == "int8":
-        _quantize_dynamic_int8(out_dir)
-    AutoTokenizer.from_pretrained(str(checkpoint_dir)).save_pretrained(str(out_dir))
+        model.save_pretrained(str(out_dir))
+        if quantization == "int8":
+            _quantize_dynamic_int8(out_dir)
+        save_tokenizer(checkpoint_dir, out_dir)

@@ -253,18 +253,23 @@ class ModelStore:
         for the same entry do one conversion and all get its result. A broken entry is replaced
         and its problem is reported in the outcome. `force` rebuilds even a valid entry.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
-        locks = self.root / _LOCKS_DIR
-        locks.mkdir(exist_ok=True)
-        with FileLock(str(locks / f"{key.entry_id}.lock")):
-            problem: str | None = None
-            if self.entry_dir(key).exists() and not force:
-                try:
-                    return BuildOutcome(self.open(key), built=False)
-                except StoreEntryError as exc:
-                    problem = str(exc)
-            self._remove_scratch(key)
-            return BuildOutcome(self._build(key, family, build), True, problem)
+        try:
+            locks = self.root / _LOCKS_DIR
+            locks.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(locks / f"{key.entry_id}.lock")):
+                problem: str | None = None
+                if self.entry_dir(key).exists() and not force:
+                    try:
+                        return BuildOutcome(self.open(key), built=False)
+                    except StoreEntryError as exc:
+                        problem = str(exc)
+                self._remove_scratch(key)
+                return BuildOutcome(self._build(key, family, build), True, problem)
+        except OSError as exc:  # unwritable store, full disk
+            raise StoreEntryError(
+                f"cannot write to the model store {self.root}: {exc.strerror or exc}; "
+                "choose another directory with --store or LAMINI_STORE_DIR"
+            ) from None
 
     def _scratch_root(self) -> Path:
         scratch = self.root / _BUILDING_DIR

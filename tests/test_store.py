@@ -263,3 +263,11 @@ def test_two_concurrent_conversions_of_one_model_make_one_entry(tmp_path: Path) 
     (entry,) = ModelStore(store_dir).statuses()
     assert paths == {str(entry.path)}
     assert entry.valid
+
+
+def test_an_unwritable_store_is_a_clear_error(tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("occupied", encoding="utf-8")
+
+    with pytest.raises(StoreEntryError, match="cannot write to the model store"):
+        ModelStore(not_a_directory / "store").ensure(KEY, "lamini-gpt", write_files)
