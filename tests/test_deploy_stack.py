@@ -1,4 +1,4 @@
-"""The compose stack, run for real without Docker: two replicas started with the runtime image's
+"""The compose stack, run for real without Docker: replicas started with the runtime image's
 command and environment, nginx from deploy/'s template, Prometheus from deploy/'s scrape config
 and rules (replica addresses and ports substituted, see deploy_support)."""
 
@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +49,8 @@ HUB_ID = "MBZUAI/LaMini-Flan-T5-77M"
 MODEL = f"twin:{HUB_ID}@tiny"
 REQUEST = {"inputs": "What is an apple?", "parameters": {"max_new_tokens": 12}}
 STARTUP_TIMEOUT_S = 120
+# Three, so that one can be killed and another stopped, each with two others taking traffic.
+REPLICAS = 3
 
 
 @dataclass
@@ -124,7 +126,7 @@ def stack(tiny_twin, store_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     workdir = tmp_path_factory.mktemp("stack")
     with ExitStack() as stack:
         # Both replicas start together (as compose starts them), then each must become ready.
-        replicas = [start_replica(store_dir, workdir, index) for index in (1, 2)]
+        replicas = [start_replica(store_dir, workdir, index) for index in range(REPLICAS)]
         for replica in replicas:
             stack.callback(replica.child.stop)
         for replica in replicas:
@@ -165,17 +167,17 @@ def stream(url: str) -> tuple[str, list[str], str]:
 # --- tests -----------------------------------------------------------------------------------
 
 
-def test_requests_through_nginx_reach_both_replicas(stack: Stack) -> None:
+def test_requests_through_nginx_reach_every_replica(stack: Stack) -> None:
     before = [replica.generate_count() for replica in stack.replicas]
     with httpx.Client() as client:
-        answers = [generate(stack.lb_url, client) for _ in range(8)]
-    assert [answer.status_code for answer in answers] == [200] * 8
+        answers = [generate(stack.lb_url, client) for _ in range(9)]
+    assert [answer.status_code for answer in answers] == [200] * 9
     assert all(answer.json()["generated_text"] for answer in answers)
     assert all(answer.headers.get("x-request-id") for answer in answers)
     served = [
         replica.generate_count() - b for replica, b in zip(stack.replicas, before, strict=True)
     ]
-    assert sum(served) == 8 and min(served) >= 1, f"requests per replica: {served}"
+    assert sum(served) == 9 and min(served) >= 1, f"requests per replica: {served}"
 
 
 def test_streaming_passes_through_nginx_token_by_token(stack: Stack) -> None:
@@ -210,14 +212,14 @@ def test_image_healthcheck_passes_on_a_live_replica_only(stack: Stack) -> None:
     assert subprocess.run(command, env=dead, capture_output=True, timeout=10).returncode != 0
 
 
-def test_prometheus_scrapes_both_replicas(stack: Stack) -> None:
+def test_prometheus_scrapes_every_replica(stack: Stack) -> None:
     expected = {replica.address for replica in stack.replicas}
 
-    def both_up() -> bool:
+    def all_up() -> bool:
         up = stack.prometheus.query(f'up{{job="{REPLICA_JOB}"}}')
         return {s["metric"]["instance"] for s in up if s["value"][1] == "1"} == expected
 
-    wait_until(both_up, 30, "Prometheus to scrape both replicas")
+    wait_until(all_up, 30, "Prometheus to scrape every replica")
     targets = stack.prometheus.targets(REPLICA_JOB)
     assert {t["labels"]["instance"] for t in targets} == expected
     assert {t["health"] for t in targets} == {"up"}
@@ -262,46 +264,81 @@ def test_recording_rules_and_dashboard_queries_run_on_prometheus(stack: Stack) -
     assert set(empty) <= {"Rejected and cancelled requests"}, empty
 
 
-def test_stopping_a_replica_mid_run_loses_no_request(stack: Stack) -> None:
-    """SIGTERM (what `docker stop` sends) to one replica under load: requests in flight on it
-    finish, nginx retries what it refuses, and the other replica answers everything after."""
-    survivor, stopped = stack.replicas
-    outcomes: list[tuple[bool, int | str]] = []  # (after the replica was gone, status)
+Outcome = tuple[bool, int | str]  # (sent after the replica was gone, status or exception)
+
+
+def outcomes_around(stack: Stack, take_down: Callable[[], None]) -> list[Outcome]:
+    """Four clients send /generate through nginx in a loop; `take_down` runs in the middle."""
+    outcomes: list[Outcome] = []
     stop_traffic, replica_gone = threading.Event(), threading.Event()
 
     def client_loop() -> None:
         with httpx.Client() as client:
             while not stop_traffic.is_set():
+                gone = replica_gone.is_set()
                 try:
                     status: int | str = generate(stack.lb_url, client).status_code
                 except httpx.HTTPError as exc:
                     status = type(exc).__name__
-                outcomes.append((replica_gone.is_set(), status))
+                outcomes.append((gone, status))
 
     clients = [threading.Thread(target=client_loop) for _ in range(4)]
     for thread in clients:
         thread.start()
     try:
         time.sleep(1.5)
-        served_by_stopped = stopped.generate_count()
-        exit_code = stopped.child.stop(signal.SIGTERM, timeout_s=40)
+        take_down()
         replica_gone.set()
         time.sleep(2.0)
     finally:
         stop_traffic.set()
         for thread in clients:
             thread.join(timeout=60)
-    assert served_by_stopped > 0, "the stopped replica was taking traffic"
-    assert exit_code == 0, f"replica did not drain cleanly:\n{stopped.child.output()}"
-    assert {status for _, status in outcomes} == {200}, Counter(outcomes)
-    assert (True, 200) in outcomes, "the survivor answers once the other replica is gone"
-    assert generate(survivor.url).status_code == 200
+    return outcomes
 
-    def stopped_is_down() -> bool:
-        up = stack.prometheus.query(f'up{{instance="{stopped.address}"}}')
+
+def assert_nothing_lost(stack: Stack, victim: Replica, outcomes: list[Outcome]) -> None:
+    assert {status for _, status in outcomes} == {200}, Counter(outcomes)
+    assert (True, 200) in outcomes, "the other replicas answer once the victim is gone"
+
+    def victim_is_down() -> bool:
+        up = stack.prometheus.query(f'up{{instance="{victim.address}"}}')
         return bool(up) and up[0]["value"][1] == "0"
 
-    wait_until(stopped_is_down, 15, "Prometheus to report the stopped replica down")
+    wait_until(victim_is_down, 15, "Prometheus to report the replica down")
+
+
+def test_a_replica_crashing_mid_run_loses_no_request(stack: Stack) -> None:
+    """SIGKILL under load: requests that were in flight on the dead replica never got a
+    response started, so nginx retries them on another replica."""
+    victim = stack.replicas[2]
+    served: list[int] = []
+
+    def crash() -> None:
+        served.append(victim.generate_count())
+        victim.child.stop(signal.SIGKILL)
+
+    outcomes = outcomes_around(stack, crash)
+    assert served[0] > 0, "the crashed replica was taking traffic"
+    assert_nothing_lost(stack, victim, outcomes)
+
+
+def test_stopping_a_replica_mid_run_loses_no_request(stack: Stack) -> None:
+    """SIGTERM (what `docker stop` sends) under load: requests in flight on the replica finish,
+    nginx retries the ones it refuses while draining, and it exits cleanly."""
+    victim = stack.replicas[1]
+    served: list[int] = []
+    exit_codes: list[int] = []
+
+    def stop() -> None:
+        served.append(victim.generate_count())
+        exit_codes.append(victim.child.stop(signal.SIGTERM, timeout_s=40))
+
+    outcomes = outcomes_around(stack, stop)
+    assert served[0] > 0, "the stopped replica was taking traffic"
+    assert exit_codes == [0], f"the replica did not drain cleanly:\n{victim.child.output()}"
+    assert_nothing_lost(stack, victim, outcomes)
+    assert generate(stack.replicas[0].url).status_code == 200
 
 
 def test_nginx_answers_json_when_no_replica_is_left(tmp_path: Path) -> None:
