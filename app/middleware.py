@@ -23,6 +23,9 @@ from app.service_errors import BodyTooLargeError, MalformedBodyError, ServiceErr
 
 logger = logging.getLogger("lamini.access")
 
+# Polled every few seconds by orchestrators and Prometheus: logged at debug level only.
+_PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
 # Scope state key under which a route records which model served the request.
 MODEL_STATE_KEY = "lamini_model"
 
@@ -150,7 +153,9 @@ class RequestContextMiddleware:
         finally:
             seconds = time.perf_counter() - started
             self._observe(scope, status, seconds)
-            logger.info(
+            level = logging.DEBUG if scope["path"] in _PROBE_PATHS else logging.INFO
+            logger.log(
+                level,
                 "%s %s %d %.1fms",
                 scope["method"],
                 scope["path"],

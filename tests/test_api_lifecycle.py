@@ -177,3 +177,13 @@ def test_serve_rejects_bad_flags_with_one_line() -> None:
     )
     assert result.returncode == 2
     assert "max-batch-size" in result.stderr
+
+
+@pytest.mark.slow
+def test_models_and_settings_come_from_the_environment() -> None:
+    env = {"LAMINI_MODELS": f"{MODEL}", "LAMINI_MAX_BATCH_SIZE": "3", "LAMINI_LOG_FORMAT": "json"}
+    with running_server([], env=env) as server:
+        info = server.get("/info").json()
+        assert info["model_id"] == MODEL
+        assert info["max_batch_size"] == 3
+        assert server.log().lstrip().startswith("{")
