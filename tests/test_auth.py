@@ -11,6 +11,8 @@ from pathlib import Path
 
 import openai
 import pytest
+import text_generation
+import text_generation.errors
 from openai_support import FLAN, FLAN_HUB_ID, openai_client
 from server import REPO_ROOT, RunningServer, running_server
 
@@ -159,6 +161,13 @@ def test_tgi_generation_routes_need_a_key_too(server: RunningServer, path: str) 
     assert refused.status_code == 401
     assert refused.json()["error_type"] == "authentication"
     assert server.post(path, json=body, headers=authorization(PLAIN_KEYS[0])).status_code == 200
+
+
+def test_the_text_generation_client_sends_its_key_in_headers(server: RunningServer) -> None:
+    keyed = text_generation.Client(server.base_url, headers=authorization(HASHED_KEY))
+    assert keyed.generate("Hi", max_new_tokens=2).generated_text is not None
+    with pytest.raises(text_generation.errors.UnknownError, match="missing API key"):
+        text_generation.Client(server.base_url).generate("Hi", max_new_tokens=2)
 
 
 def test_health_and_readiness_stay_open(server: RunningServer) -> None:
