@@ -51,7 +51,7 @@ class BenchOptions(BaseModel):
     requests: int = Field(default=64, ge=1, description="timed requests per measurement")
     warmup_requests: int = Field(default=4, ge=0)
     time_budget_s: float = Field(
-        default=120.0, gt=0, description="a measurement stops starting requests after this"
+        default=60.0, gt=0, description="a measurement stops starting requests after this"
     )
     max_new_tokens: list[int] = Field(default_factory=lambda: [64, 128])
     concurrency: list[int] = Field(default_factory=lambda: [1, 8, 32, 64])
@@ -86,6 +86,22 @@ class BenchOptions(BaseModel):
         if not values or any(v < 1 for v in values):
             raise ValueError("needs at least one value, all >= 1")
         return sorted(set(values))
+
+    def planned_measurements(self, static_prompt: bool) -> int:
+        """How many measurements the run will time (each capped by `time_budget_s`)."""
+        lengths, levels = len(self.max_new_tokens), len(self.concurrency)
+        raw_per_length = len(self.engine_batch_sizes) + (2 if static_prompt else 0)
+        per_system = {
+            SystemName.PIPELINE: lengths,
+            SystemName.PIPELINE_BATCHED: lengths * len(self.pipeline_batch_sizes),
+            SystemName.LITSERVE: lengths * levels,
+            SystemName.RAW_ENGINE: len(self.quantizations)
+            * len(self.ct2_threads)
+            * lengths
+            * raw_per_length,
+            SystemName.LAMINI: len(self.quantizations) * lengths * levels * 2,
+        }
+        return sum(per_system[system] for system in self.systems)
 
     def requests_at(self, parallelism: int) -> int:
         """Timed requests for one measurement: enough for every client or batch to go twice."""

@@ -111,14 +111,14 @@ def markdown(report: BenchReport) -> str:
     )
     lines += ["", "## Systems", ""]
     lines += _table(
-        ["system", "ok", "run (s)", "peak RSS MiB", "threads", "cold start (s)", "notes"],
+        ["system", "ok", "run (s)", "peak RSS MiB", "threads, settings", "cold start (s)", "notes"],
         (
             [
                 run.system.value,
                 "yes" if run.ok else f"**failed**: {run.error}",
                 _fmt(run.wall_s or math.nan, 0),
                 _fmt(run.peak_rss_mb or math.nan, 0),
-                ", ".join(f"{k}: {v}" for k, v in run.threads.items()) or "-",
+                ", ".join(f"{k}: {v}" for k, v in {**run.threads, **run.settings}.items()) or "-",
                 ", ".join(f"{k} {v:.1f}" for k, v in run.cold_start_s.items()) or "-",
                 "; ".join(run.notes) or "-",
             ]
@@ -206,6 +206,8 @@ def plot_throughput(report: BenchReport, path: Path) -> None:
             if not math.isnan(value):
                 axis.axhline(value, linestyle=style, color="gray", label=f"{label}: {value:.0f}")
         axis.set_xscale("log", base=2)
+        levels = report.options.concurrency
+        axis.set_xticks(levels, [str(level) for level in levels])
         axis.set_xlabel("concurrent clients (closed loop)")
         axis.set_ylabel("generated tokens/s")
         axis.set_title(f"{report.model}: {n} new tokens")

@@ -107,6 +107,9 @@ class SystemRun(BaseModel):
     peak_rss_mb: float | None = None
     wall_s: float | None = Field(default=None, description="the whole system run, start to end")
     threads: dict[str, int | str] = Field(default_factory=dict)
+    settings: dict[str, int | str] = Field(
+        default_factory=dict, description="engine and batching settings the system reported"
+    )
     cold_start_s: dict[str, float] = Field(
         default_factory=dict,
         description="conversion / first load / store-hit load times, per quantisation",

@@ -129,27 +129,18 @@ def options_from_args(args: argparse.Namespace, work_dir: Path) -> BenchOptions:
 
 
 def _run_worker(system: SystemName, options: BenchOptions, options_path: Path) -> SystemRun:
+    """Run one in-process system in its own process (its progress lines pass through)."""
     result_path = options.work_dir / f"result-{system.value}.json"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.worker",
-            system.value,
-            str(options_path),
-            str(result_path),
-        ],
-        cwd=REPO_ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    sys.stderr.write(completed.stderr)
+    result_path.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "benchmarks.worker", system.value]
+    completed = subprocess.run([*command, str(options_path), str(result_path)], cwd=REPO_ROOT)
     if result_path.is_file():
         return SystemRun.model_validate_json(result_path.read_text(encoding="utf-8"))
     return SystemRun(
         system=system,
         ok=False,
-        error=f"worker exited with {completed.returncode}: {completed.stderr[-1500:]}",
+        error=f"worker exited with status {completed.returncode} without a result "
+        "(its traceback is in the run's output above)",
     )
 
 
@@ -177,6 +168,13 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
     options_path = options.work_dir / "options.json"
     options_path.write_text(options.model_dump_json(indent=1), encoding="utf-8")
     facts = machine_facts()
+    planned = options.planned_measurements(raw_engine.measures_static_prompt(context))
+    print(
+        f"[bench] {planned} measurements planned, each at most {options.time_budget_s:.0f}s "
+        f"(worst case ~{planned * options.time_budget_s / 60:.0f} min plus start-ups)",
+        file=sys.stderr,
+        flush=True,
+    )
     runs = [_run_system(system, context, options_path) for system in options.systems]
     return BenchReport(
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from app.settings import Settings
 from benchmarks.context import BenchContext
 from benchmarks.loadgen import CallResult, RequestSender
 from benchmarks.options import SystemName
@@ -97,6 +98,23 @@ def _offers_length_forcing(base_url: str) -> bool:
     return f'"{_FORCING_PARAMETER}"' in json.dumps(schema.get("components", {}))
 
 
+def _thread_settings(context: BenchContext) -> dict[str, int | str]:
+    """The server's thread settings: what `--lamini-env` sets, else the settings' defaults."""
+    return {
+        name: context.options.lamini_env.get(
+            f"LAMINI_{name.upper()}", str(Settings.model_fields[name].default)
+        )
+        for name in ("intra_threads", "inter_threads")
+    }
+
+
+def _served_settings(base_url: str) -> dict[str, int | str]:
+    """Engine, quantisation and batching limits as the running server reports them (`/info`)."""
+    info = httpx.get(f"{base_url}/info", timeout=10).json()
+    wanted = ("engine", "quantization", "max_batch_size", "max_batch_total_tokens")
+    return {f"{info['quantization']} {key}": info[key] for key in wanted if key in info}
+
+
 class LaminiServer:
     """Starts `lamini-serve serve` for one quantisation against a given store."""
 
@@ -140,14 +158,7 @@ class LaminiServer:
 
 
 def run(context: BenchContext) -> SystemRun:
-    result = SystemRun(
-        system=SystemName.LAMINI,
-        threads={
-            key: value
-            for key, value in context.options.lamini_env.items()
-            if "THREADS" in key or "BATCH" in key
-        },
-    )
+    result = SystemRun(system=SystemName.LAMINI, threads=_thread_settings(context))
     peak_rss: list[float] = []
     for quantization in context.options.quantizations:
         server = LaminiServer(context, quantization)
@@ -157,6 +168,7 @@ def run(context: BenchContext) -> SystemRun:
         with server.started("store-hit") as (process, base_url, hit_s):
             result.cold_start_s[f"store_hit_start_{quantization}"] = hit_s
             result.cold_start_s[f"conversion_estimate_{quantization}"] = max(0.0, cold_s - hit_s)
+            result.settings.update(_served_settings(base_url))
             endpoint = LaminiEndpoint(base_url, _offers_length_forcing(base_url))
             if not endpoint.force_length:
                 result.notes.append(

@@ -51,8 +51,8 @@ def run(context: BenchContext) -> SystemRun:
         threads={"torch_intra_op": "default (one per core)"},
         notes=[
             f"max_batch_size={options.litserve_max_batch_size}, "
-            f"batch_timeout={options.litserve_batch_timeout_s}s, transformers float32, greedy, "
-            "min_new_tokens = max_new_tokens"
+            f"batch_timeout={options.litserve_batch_timeout_s}s, fast_queue; "
+            "transformers float32, greedy, min_new_tokens = max_new_tokens"
         ],
     )
     with ServerProcess(command, {}, options.work_dir / "litserve.log") as server:

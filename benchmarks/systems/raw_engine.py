@@ -34,6 +34,16 @@ def engine_kind(context: BenchContext) -> EngineKind:
     return EngineKind(context.options.engine)
 
 
+def measures_static_prompt(context: BenchContext) -> bool:
+    """Decoder-only prompts with a fixed preamble on CTranslate2 get the static-prompt rows."""
+    family = context.source.family
+    return (
+        engine_kind(context) is EngineKind.CTRANSLATE2
+        and not family.is_seq2seq
+        and bool(family.prompt_format.static_prefix)
+    )
+
+
 def _tokens(context: BenchContext, tokenizer: Any) -> dict[str, list[str]]:
     """Every workload prompt as CTranslate2 token strings, encoded the way lamini-serve does."""
     add_special = not context.source.family.prompt_format.bos_text
@@ -175,11 +185,7 @@ def _run_ct2(context: BenchContext, run: SystemRun) -> None:
     seq2seq = context.source.family.is_seq2seq
     tokenizer = AutoTokenizer.from_pretrained(context.source.checkpoint_dir)
     tokens = _tokens(context, tokenizer)
-    shared_prefix = (
-        []
-        if seq2seq or not context.source.family.prompt_format.static_prefix
-        else _common_prefix(list(tokens.values()))
-    )
+    shared_prefix = _common_prefix(list(tokens.values())) if measures_static_prompt(context) else []
     if shared_prefix:
         run.notes.append(f"static prompt: the shared {len(shared_prefix)}-token prompt prefix")
     for quantization in options.quantizations:
