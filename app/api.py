@@ -299,6 +299,7 @@ def _model_info(name: str, served: ServedModel) -> ModelInfo:
         model_pipeline_tag=served.family.task.value,
         engine=engine_info.kind.value,
         quantization=engine_info.quantization,
+        model_dtype=engine_info.quantization,
         model_device_type=engine_info.device,
         max_input_tokens=engine_info.max_input_tokens,
         max_total_tokens=engine_info.max_total_tokens,

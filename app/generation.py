@@ -272,7 +272,7 @@ class ServedModel:
         try:
             timeout = max(0.0, self._deadline(prepared) - time.monotonic())
             return await asyncio.wait_for(events.get(), timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin before Python 3.11
             self._cancel(ticket, timed_out=True)
             raise self._timeout_error() from None
 

@@ -301,6 +301,7 @@ class ModelInfo(BaseModel):
     model_pipeline_tag: str
     engine: str
     quantization: str
+    model_dtype: str
     model_device_type: str
     max_input_tokens: int
     max_total_tokens: int

@@ -138,7 +138,11 @@ def test_requests_past_the_timeout_get_504() -> None:
         assert response.status_code == 504
         assert response.json()["error_type"] == "timeout"
         assert "request_timeout_s" in response.json()["error"]
-        assert server.metric("lamini_request_rejected_total", reason="timeout") == 1
+        streamed = server.post("/generate_stream", json=generate_body())
+        assert streamed.status_code == 200  # the stream had started: the error is its last event
+        last_event = json.loads(streamed.text.strip().split("\n\n")[-1].removeprefix("data:"))
+        assert last_event["error_type"] == "timeout"
+        assert server.metric("lamini_request_rejected_total", reason="timeout") == 2
         wait_for(lambda: server.metric("lamini_queue_size", model=MODEL) == 0)
 
 
