@@ -157,7 +157,8 @@ def resolve_source(
         raise ModelSourceError(
             f"{name}: no such directory, and it is not a hub id of the form owner/name"
         )
-    directory, resolved_revision = _download(name, revision)
+    # The hub matches ids case-insensitively, its local cache does not: use the registry spelling.
+    directory, resolved_revision = _download(canonical_hub_id(name) or name, revision)
     explicit = get_family(family) if family else None
     resolved = explicit or family_for_hub_id(name) or family_for_checkpoint(directory)
     return ModelSource(name, directory, resolved, resolved_revision)

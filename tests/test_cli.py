@@ -219,6 +219,24 @@ def test_unknown_hub_id_offline_says_what_was_tried_and_how_to_fix_it() -> None:
     )
 
 
+def test_hub_id_is_loaded_from_the_local_hf_cache_offline(
+    tmp_path: Path, tiny_twin: Callable[[str], Path]
+) -> None:
+    repo = tmp_path / "hub" / "models--MBZUAI--LaMini-GPT-124M"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit, encoding="utf-8")
+    shutil.copytree(tiny_twin(FAMILY_TWINS["lamini-gpt"]), repo / "snapshots" / commit)
+
+    result = lamini_serve(
+        "generate", "mbzuai/lamini-gpt-124m", "hi", "--greedy", "--max-new-tokens", "3",
+        "--json", *TRANSFORMERS, env={"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["family"] == "lamini-gpt"
+
+
 def test_hub_id_not_in_the_zoo_offline_is_one_clear_line() -> None:
     result = lamini_serve("generate", "someone/unknown-model", "hi", env={"HF_HUB_OFFLINE": "1"})
 
