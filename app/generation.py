@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,32 +195,31 @@ class ServedModel:
         return prepared.arrived_at + self.settings.request_timeout_s
 
     async def complete(
-        self, prepared: PreparedRequest, disconnected: Awaitable[Any] | None = None
+        self, prepared: PreparedRequest, disconnected: asyncio.Future[Any] | None = None
     ) -> Completion:
-        """Generate the whole answer; cancel if `disconnected` resolves first or time runs out."""
+        """Generate the whole answer; cancel if `disconnected` resolves first or time runs out.
+
+        `disconnected` belongs to the caller (several prompts of one request share it).
+        """
         timing = _Timing()
         ticket = self._submit(prepared, timing.on_token)
         result = asyncio.wrap_future(ticket.future)
-        watcher = asyncio.ensure_future(disconnected) if disconnected is not None else None
-        waiting = {result} if watcher is None else {result, watcher}
+        waiting = {result} if disconnected is None else {result, disconnected}
         try:
             timeout = max(0.0, self._deadline(prepared) - time.monotonic())
             done, _ = await asyncio.wait(
                 waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
-            if result in done:
-                return self._finish(prepared, ticket, timing)
-            if watcher in done:
-                self._cancel(ticket, timed_out=False)
-                raise ClientDisconnectedError
-            self._cancel(ticket, timed_out=True)
-            raise self._timeout_error()
         except asyncio.CancelledError:
             self._cancel(ticket, timed_out=False)
             raise
-        finally:
-            if watcher is not None:
-                watcher.cancel()
+        if result in done:
+            return self._finish(prepared, ticket, timing)
+        if disconnected in done:
+            self._cancel(ticket, timed_out=False)
+            raise ClientDisconnectedError
+        self._cancel(ticket, timed_out=True)
+        raise self._timeout_error()
 
     def stream(self, prepared: PreparedRequest) -> AsyncIterator[StreamEvent]:
         """Queue the request now (a full queue raises here, before any response is sent) and
