@@ -17,6 +17,12 @@ from app.families import family_names
 from app.settings import Settings
 
 
+def add_model_and_instruction(parser: argparse.ArgumentParser) -> None:
+    """The `MODEL "instruction"` positionals of the commands that format one instruction."""
+    parser.add_argument("model", metavar="MODEL", help="hub id, checkpoint dir or twin:<hub id>")
+    parser.add_argument("instruction", metavar="INSTRUCTION", help="the user's instruction")
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """`--family`, `--backend`, `--device`, `--threads`: how a model is recognised and run."""
     parser.add_argument(

@@ -13,6 +13,7 @@ import json
 import time
 
 from app.commands.common import (
+    add_model_and_instruction,
     add_model_options,
     non_negative_int,
     positive_float,
@@ -34,8 +35,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         description="Format INSTRUCTION for the model's family, generate, and print the tidied "
         "answer. Sampling follows the family's model card unless flags say otherwise.",
     )
-    parser.add_argument("model", metavar="MODEL", help="hub id, checkpoint dir or twin:<hub id>")
-    parser.add_argument("instruction", metavar="INSTRUCTION", help="the user's instruction")
+    add_model_and_instruction(parser)
     add_model_options(parser)
     add_quantization_option(parser)
     add_store_option(parser)

@@ -9,7 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app.commands.common import add_model_options, settings_from_args
+from app.commands.common import (
+    add_model_and_instruction,
+    add_model_options,
+    settings_from_args,
+)
 from app.engines.base import encode_prompt
 from app.engines.loading import load_tokenizer
 from model_store.sources import resolve_family, resolve_source
@@ -22,8 +26,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         description="Print the instruction wrapped in the model family's prompt format, exactly "
         "as the tokenizer receives it (no trailing newline is added).",
     )
-    parser.add_argument("model", metavar="MODEL", help="hub id, checkpoint dir or twin:<hub id>")
-    parser.add_argument("instruction", metavar="INSTRUCTION", help="the user's instruction")
+    add_model_and_instruction(parser)
     parser.add_argument(
         "--tokens",
         action="store_true",

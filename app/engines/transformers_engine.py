@@ -139,8 +139,10 @@ class TransformersEngine(Engine):
             else:
                 ids.append(padding + prompt)
                 mask.append(zeros + ones)
-        as_tensor = lambda rows: torch.tensor(rows, dtype=torch.long, device=self.device)  # noqa: E731
-        return as_tensor(ids), as_tensor(mask)
+        return (
+            torch.tensor(ids, dtype=torch.long, device=self.device),
+            torch.tensor(mask, dtype=torch.long, device=self.device),
+        )
 
     def _max_new_tokens(self, trackers: list[SequenceTracker], prompt_width: int) -> int:
         """The longest request's limit, cut so a decoder-only batch never runs past the
