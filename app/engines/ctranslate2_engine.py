@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -54,24 +53,17 @@ def compute_type_for(quantization: str, device: str) -> str:
     return "float32"
 
 
-@dataclass(frozen=True)
-class _DecodingOptions:
-    """Keyword arguments shared by `translate_batch` and `generate_batch`."""
-
-    sampling: SamplingParams
-    end_token: list[int]
-
-    def as_kwargs(self) -> dict[str, Any]:
-        sampling = self.sampling
-        return {
-            "beam_size": 1,
-            "sampling_topk": (sampling.top_k if sampling.do_sample else 1),
-            "sampling_topp": sampling.top_p if sampling.do_sample else 1.0,
-            "sampling_temperature": sampling.temperature if sampling.do_sample else 1.0,
-            "repetition_penalty": sampling.repetition_penalty,
-            "end_token": self.end_token,
-            "return_scores": True,  # the step callback reports log-probs only with scores on
-        }
+def _decoding_options(sampling: SamplingParams, end_token: list[int]) -> dict[str, Any]:
+    """Keyword arguments shared by `translate_batch` and `generate_batch` (greedy is top-1)."""
+    return {
+        "beam_size": 1,
+        "sampling_topk": sampling.top_k if sampling.do_sample else 1,
+        "sampling_topp": sampling.top_p if sampling.do_sample else 1.0,
+        "sampling_temperature": sampling.temperature if sampling.do_sample else 1.0,
+        "repetition_penalty": sampling.repetition_penalty,
+        "end_token": end_token,
+        "return_scores": True,  # the step callback reports log-probs only with scores on
+    }
 
 
 def _feed(trackers: list[SequenceTracker]) -> Callable[[Any], bool]:
@@ -138,7 +130,7 @@ class CTranslate2Engine(Engine):
         return [self.tokenizer.convert_ids_to_tokens(t.request.prompt_ids) for t in trackers]
 
     def _options(self, sampling: SamplingParams) -> dict[str, Any]:
-        return _DecodingOptions(sampling, sorted(self.eos_token_ids)).as_kwargs()
+        return _decoding_options(sampling, sorted(self.eos_token_ids))
 
     def _runtime_for(self, sampling: SamplingParams) -> Any:
         """The loaded model, or for seeded sampling a fresh copy seeded with the request's seed.
