@@ -120,6 +120,12 @@ class OpenAIRequest(BaseModel):
         default=None, gt=0, le=10, description="Extension (as in vLLM): 1 = no penalty."
     )
 
+    @field_validator("n", "stream", "max_tokens", mode="before")
+    @classmethod
+    def _null_means_default(cls, value: Any, info: ValidationInfo) -> Any:
+        """OpenAI's schema makes these nullable, and some clients do send null."""
+        return _default_if_null(cls, value, info)
+
     @field_validator("stop", mode="before")
     @classmethod
     def _check_stop(cls, value: Any) -> Any:
@@ -170,6 +176,12 @@ class OpenAIRequest(BaseModel):
     @property
     def include_usage_chunk(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+
+def _default_if_null(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    if value is None and info.field_name is not None:
+        return model.model_fields[info.field_name].default
+    return value
 
 
 def _honour(rules: dict[str, HonourRule], value: Any, info: ValidationInfo) -> Any:
@@ -420,6 +432,11 @@ class ChatCompletionRequest(OpenAIRequest):
     @classmethod
     def _check_chat_honoured(cls, value: Any, info: ValidationInfo) -> Any:
         return _honour(cls.unhonoured_rules, value, info)
+
+    @field_validator("logprobs", mode="before")
+    @classmethod
+    def _null_logprobs_means_false(cls, value: Any, info: ValidationInfo) -> Any:
+        return _default_if_null(cls, value, info)
 
     @field_validator("messages", mode="after")
     @classmethod

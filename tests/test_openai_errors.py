@@ -16,6 +16,7 @@ from openai_support import FLAN, FLAN_HUB_ID, openai_client
 from server import RunningServer, running_server
 
 USER_MESSAGE = [{"role": "user", "content": "Hello"}]
+CHAT_BODY = {"model": FLAN, "messages": USER_MESSAGE, "max_tokens": 2}
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def test_unsupported_completion_fields_are_refused_by_name(
 def test_unsupported_chat_fields_are_refused_by_name(
     client: OpenAI, fields: dict[str, Any], param: str
 ) -> None:
-    arguments = {"model": FLAN, "messages": USER_MESSAGE, "max_tokens": 2, **fields}
+    arguments = {**CHAT_BODY, **fields}
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(**arguments)
     assert caught.value.param == param
@@ -112,7 +113,7 @@ def test_unsupported_chat_fields_are_refused_by_name(
 def test_invalid_chat_fields_name_the_parameter(
     server: RunningServer, fields: dict[str, Any], param: str, code: str
 ) -> None:
-    body = {"model": FLAN, "messages": USER_MESSAGE, "max_tokens": 2, **fields}
+    body = {**CHAT_BODY, **fields}
     response = server.post("/v1/chat/completions", json=body)
     assert response.status_code == 400, response.text
     assert_openai_error(response.json(), param, code)
@@ -202,7 +203,7 @@ def test_harmless_openai_fields_are_accepted(client: OpenAI) -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_full_queue_is_a_429_with_retry_after(server: RunningServer, stream: bool) -> None:
-    body = {"model": FLAN, "messages": USER_MESSAGE, "max_tokens": 40, "stream": stream}
+    body = {**CHAT_BODY, "max_tokens": 40, "stream": stream}
 
     async def flood() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as http:
@@ -226,3 +227,15 @@ def test_other_v1_urls_are_an_openai_404(server: RunningServer, method: str, pat
     assert response.status_code == 404
     assert_openai_error(response.json(), None, "unknown_url")
     assert f"{method} {path}" in response.json()["error"]["message"]
+
+
+def test_explicit_nulls_mean_the_defaults(server: RunningServer) -> None:
+    nulls = dict.fromkeys(
+        ["n", "stream", "stop", "seed", "temperature", "top_p", "user", "stream_options"]
+    )
+    chat = {**CHAT_BODY, **nulls, "logprobs": None, "tools": None, "response_format": None}
+    completion = {"model": FLAN, "prompt": "Hi", **nulls, "max_tokens": None, "echo": None}
+    for path, body in (("/v1/chat/completions", chat), ("/v1/completions", completion)):
+        response = server.post(path, json=body)
+        assert response.status_code == 200, response.text
+        assert len(response.json()["choices"]) == 1
