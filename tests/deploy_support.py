@@ -15,7 +15,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,12 +44,6 @@ def require_binary(name: str) -> str:
     if path is None:
         raise AssertionError(f"{name} is not installed; run .ci/install-system-deps")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:

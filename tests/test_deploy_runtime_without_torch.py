@@ -18,12 +18,12 @@ from deploy_support import (
     REPO_ROOT,
     answers_ok,
     convert_like_compose,
-    free_port,
     parse_dockerfile,
     replica_process,
     running,
     start_child,
 )
+from server import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -29,7 +29,6 @@ from deploy_support import (
     answers_at_all,
     answers_ok,
     convert_like_compose,
-    free_port,
     nginx_command,
     parse_dockerfile,
     prometheus_config_for,
@@ -41,7 +40,7 @@ from deploy_support import (
     wait_until,
     write_nginx_main_config,
 )
-from prometheus_client.parser import text_string_to_metric_families
+from server import RunningServer, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -68,17 +67,8 @@ class Replica:
 
     def generate_count(self) -> int:
         """Successful /generate requests this replica answered, from its own /metrics."""
-        text = httpx.get(f"{self.url}/metrics", timeout=5).text
-        return int(
-            sum(
-                sample.value
-                for family in text_string_to_metric_families(text)
-                for sample in family.samples
-                if sample.name == "lamini_request_total"
-                and sample.labels.get("route") == "/generate"
-                and sample.labels.get("status") == "200"
-            )
-        )
+        server = RunningServer(self.url, self.child.process, self.child.log)
+        return int(server.metric("lamini_request_total", route="/generate", status="200"))
 
 
 @dataclass
