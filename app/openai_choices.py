@@ -2,8 +2,8 @@
 
 A request with several prompts or `n > 1` becomes one generation per choice, submitted
 together so the batcher can run them in one batch. With a seed, choice `k` samples with
-`seed + k` (modulo 2**32): choices differ from each other, and the same request gives the same
-choices again.
+`seed + k` (modulo 2**32 - 1): choices differ from each other, and the same request gives the
+same choices again (each seeded choice is its own batch, whatever else is queued).
 
 Streams are started before the HTTP response is: a full queue or an engine that cannot start
 is still answered with its own status (429, 503) instead of a broken event stream.
@@ -21,9 +21,10 @@ from starlette.requests import Request
 
 from app.generation import Completion, GenerationOptions, PreparedRequest, ServedModel, StreamEvent
 
-# OpenAI seeds are 64-bit; CTranslate2 takes seeds below 2**32, so every seed is folded into
-# that range (deterministically: the same request still samples the same choices).
-_SEED_SPACE = 2**32
+# OpenAI seeds are 64-bit; CTranslate2 takes 32-bit seeds and treats 2**32 - 1 as "no seed",
+# so every seed is folded into [0, 2**32 - 1) (deterministically: the same request still
+# samples the same choices).
+_SEED_SPACE = 2**32 - 1
 
 
 @dataclass(frozen=True)
