@@ -3,7 +3,7 @@
 A request with several prompts or `n > 1` becomes one generation per choice, submitted
 together so the batcher can run them in one batch. With a seed, choice `k` samples with
 `seed + k` (modulo 2**32 - 1): choices differ from each other, and the same request gives the
-same choices again (each seeded choice is its own batch, whatever else is queued).
+same choices again.
 
 Streams are started before the HTTP response is: a full queue or an engine that cannot start
 is still answered with its own status (429, 503) instead of a broken event stream.
