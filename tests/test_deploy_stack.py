@@ -40,7 +40,10 @@ from deploy_support import (
     wait_until,
     write_nginx_main_config,
 )
+from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
 from server import RunningServer, free_port
+from text_generation import Client as TextGenerationClient
 
 pytestmark = pytest.mark.slow
 
@@ -176,6 +179,23 @@ def test_streaming_passes_through_nginx_token_by_token(stack: Stack) -> None:
     assert len(tokens) > 1, "one event per token"
     # Greedy on the same weights: nginx must hand on exactly what a replica streams.
     assert stream(stack.replicas[0].url)[1:] == (tokens, text)
+
+
+def test_third_party_clients_work_through_nginx(stack: Stack) -> None:
+    """The `text-generation` and `openai` clients, streaming and not, against the balancer."""
+    tgi = TextGenerationClient(stack.lb_url, timeout=60)
+    assert tgi.generate("What is an apple?", max_new_tokens=6).generated_text
+    streamed = list(tgi.generate_stream("What is an apple?", max_new_tokens=6))
+    assert len(streamed) > 1 and streamed[-1].generated_text is not None
+    openai = OpenAI(base_url=f"{stack.lb_url}/v1", api_key="unused", timeout=60)
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Name a fruit."}]
+    chunks = list(
+        openai.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=6, temperature=0, stream=True
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
 
 
 def test_errors_through_nginx_are_json(stack: Stack) -> None:
