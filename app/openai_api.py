@@ -27,6 +27,7 @@ from app.engines.base import GeneratedToken
 from app.generation import ServedModel
 from app.middleware import MODEL_STATE_KEY
 from app.openai_choices import (
+    Choice,
     ChoicePlan,
     ChoiceStreams,
     complete_choices,
@@ -88,16 +89,21 @@ def _system_fingerprint(served: ServedModel) -> str:
     return "fp_" + hashlib.sha256(described.encode()).hexdigest()[:12]
 
 
+def _piece(token: GeneratedToken) -> str:
+    """The text a token adds to the answer (special tokens such as eos add none)."""
+    return "" if token.special else token.text
+
+
 @dataclass
 class ChoiceText:
-    """One choice's visible text, and its tokens not yet reported in a chunk."""
+    """One streamed choice's visible text, and its tokens not yet reported in a chunk."""
 
     visible: VisibleText
     pending: list[GeneratedToken] = field(default_factory=list)
 
     def push(self, token: GeneratedToken) -> str:
         self.pending.append(token)
-        return self.visible.push("" if token.special else token.text)
+        return self.visible.push(_piece(token))
 
     def take_tokens(self) -> list[GeneratedToken]:
         tokens, self.pending = self.pending, []
@@ -112,12 +118,12 @@ class Job:
     plan: ChoicePlan
     renderer: Renderer
 
+    def visible_text(self, choice: Choice, tokens: Sequence[GeneratedToken] = ()) -> VisibleText:
+        raw = "".join(_piece(token) for token in tokens)
+        return VisibleText(self.served.family.prompt_format, choice.prepared.stop, raw=raw)
+
     def choice_texts(self) -> dict[int, ChoiceText]:
-        prompt_format = self.served.family.prompt_format
-        return {
-            choice.index: ChoiceText(VisibleText(prompt_format, choice.prepared.stop))
-            for choice in self.plan.choices
-        }
+        return {choice.index: ChoiceText(self.visible_text(choice)) for choice in self.plan.choices}
 
     def usage(self, completion_tokens: int) -> Usage:
         prompt_tokens = self.plan.prompt_tokens
@@ -160,14 +166,11 @@ async def _respond(job: Job, body: OpenAIRequest, request: Request) -> Response:
         events = _events(job, streams, include_usage=body.include_usage_chunk)
         return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
     completions = await complete_choices(job.served, job.plan, request)
-    texts = job.choice_texts()
     results = []
     for choice, completion in zip(job.plan.choices, completions, strict=True):
-        text = texts[choice.index]
-        for token in completion.tokens:
-            text.push(token)
+        text = job.visible_text(choice, completion.tokens).text
         reason = OPENAI_FINISH_REASONS[completion.finish_reason]
-        results.append(ChoiceResult(choice.index, text.visible.text, completion.tokens, reason))
+        results.append(ChoiceResult(choice.index, text, completion.tokens, reason))
     usage = job.usage(sum(len(completion.tokens) for completion in completions))
     body_json = job.renderer.response(results, usage).model_dump_json()
     return Response(body_json, media_type="application/json")
