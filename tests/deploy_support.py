@@ -1,18 +1,18 @@
-"""What the deployment tests share: the Dockerfile read as stages, and nginx and Prometheus run
-from the very files in deploy/ on free loopback ports, as plain child processes.
+"""What the deployment tests share: the commands and environments the images and compose.yaml
+run, and nginx and Prometheus run from the very files in deploy/ on free loopback ports, as
+plain child processes.
 
-No Docker engine exists where the tests run, so the tests check the images by reading the
-Dockerfile, and run the commands the images run (the same entrypoint, the same environment
-variables) directly. nginx and Prometheus are Debian's binaries (`.ci/install-system-deps`).
+No Docker engine exists where the tests run, so the tests read the Dockerfile (`dockerfile.py`)
+and compose.yaml, and run what the containers would run (the same entrypoint and command, the
+same environment variables) directly. nginx and Prometheus are Debian's binaries
+(`.ci/install-system-deps`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -20,16 +20,16 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
+from dockerfile import parse_dockerfile
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_DIR = REPO_ROOT / "deploy"
-DOCKERFILE = REPO_ROOT / "Dockerfile"
 COMPOSE_FILE = DEPLOY_DIR / "compose.yaml"
 NGINX_TEMPLATE = DEPLOY_DIR / "nginx" / "lamini.conf.template"
 NGINX_RENDER_SCRIPT = DEPLOY_DIR / "nginx" / "render-config.sh"
@@ -70,108 +70,6 @@ def answers_ok(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-# --- Dockerfile ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Instruction:
-    keyword: str
-    arguments: str
-
-    def exec_form(self) -> list[str]:
-        """The JSON array of an exec-form CMD/ENTRYPOINT/HEALTHCHECK (flags stripped)."""
-        text = self.arguments[self.arguments.index("[") :]
-        words = json.loads(text)
-        assert all(isinstance(word, str) for word in words), text
-        return words
-
-
-@dataclass
-class Stage:
-    name: str
-    base: str
-    instructions: list[Instruction] = field(default_factory=list)
-
-    def all(self, keyword: str) -> list[Instruction]:
-        return [i for i in self.instructions if i.keyword == keyword]
-
-    def last(self, keyword: str) -> Instruction:
-        found = self.all(keyword)
-        assert found, f"stage {self.name!r} has no {keyword}"
-        return found[-1]
-
-    def env(self) -> dict[str, str]:
-        """ENV of this stage alone (`KEY=value` pairs, the form this Dockerfile uses)."""
-        values: dict[str, str] = {}
-        for instruction in self.all("ENV"):
-            for pair in shlex.split(instruction.arguments):
-                key, _, value = pair.partition("=")
-                values[key] = value
-        return values
-
-
-@dataclass(frozen=True)
-class Dockerfile:
-    args: dict[str, str]
-    stages: list[Stage]
-
-    def stage(self, name: str) -> Stage:
-        for stage in self.stages:
-            if stage.name == name:
-                return stage
-        raise AssertionError(f"Dockerfile has no stage {name!r}")
-
-    def lineage(self, name: str) -> list[Stage]:
-        """The stage and the stages it is built FROM, nearest first."""
-        chain = [self.stage(name)]
-        names = {stage.name for stage in self.stages}
-        while chain[-1].base in names:
-            chain.append(self.stage(chain[-1].base))
-        return chain
-
-    def env(self, name: str) -> dict[str, str]:
-        """ENV a container of stage `name` starts with (inherited through FROM)."""
-        merged: dict[str, str] = {}
-        for stage in reversed(self.lineage(name)):
-            merged.update(stage.env())
-        return merged
-
-
-def _logical_lines(text: str) -> Iterator[str]:
-    """Instructions with backslash continuations joined, comments and blank lines dropped."""
-    pending = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.startswith("#") or not line:
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        yield pending + line
-        pending = ""
-    assert not pending, "Dockerfile ends inside a continued line"
-
-
-def parse_dockerfile(path: Path = DOCKERFILE) -> Dockerfile:
-    args: dict[str, str] = {}
-    stages: list[Stage] = []
-    for line in _logical_lines(path.read_text()):
-        keyword, _, arguments = line.partition(" ")
-        keyword, arguments = keyword.upper(), arguments.strip()
-        if keyword == "FROM":
-            words = arguments.split()
-            base = words[0]
-            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else base
-            stages.append(Stage(name=name, base=base))
-        elif not stages:
-            assert keyword == "ARG", f"only ARG may come before the first FROM, not {keyword}"
-            key, _, default = arguments.partition("=")
-            args[key] = default
-        else:
-            stages[-1].instructions.append(Instruction(keyword, arguments))
-    return Dockerfile(args=args, stages=stages)
 
 
 def load_compose() -> dict[str, Any]:

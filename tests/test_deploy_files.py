@@ -19,7 +19,6 @@ import yaml
 from deploy_support import (
     DASHBOARD,
     DEPLOY_DIR,
-    DOCKERFILE,
     NGINX_TEMPLATE,
     PROMETHEUS_CONFIG,
     REPLICA_JOB,
@@ -27,11 +26,11 @@ from deploy_support import (
     check_nginx_config,
     image_command,
     load_compose,
-    parse_dockerfile,
     render_nginx_include,
     require_binary,
     write_nginx_main_config,
 )
+from dockerfile import DOCKERFILE, parse_dockerfile
 
 from app.cli import build_parser
 from app.metrics import Metrics

@@ -18,11 +18,11 @@ from deploy_support import (
     REPO_ROOT,
     answers_ok,
     convert_like_compose,
-    parse_dockerfile,
     replica_process,
     running,
     start_child,
 )
+from dockerfile import parse_dockerfile
 from server import free_port
 
 pytestmark = pytest.mark.slow

@@ -30,7 +30,6 @@ from deploy_support import (
     answers_ok,
     convert_like_compose,
     nginx_command,
-    parse_dockerfile,
     prometheus_config_for,
     render_nginx_include,
     replica_process,
@@ -40,6 +39,7 @@ from deploy_support import (
     wait_until,
     write_nginx_main_config,
 )
+from dockerfile import parse_dockerfile
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 from server import RunningServer, free_port
