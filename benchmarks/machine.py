@@ -24,6 +24,11 @@ _LIBRARIES = (
 )
 
 
+# Environment variables that change how the runtimes use threads; recorded (not read as
+# configuration) because they change the numbers, e.g. OMP_WAIT_POLICY on a busy machine.
+_RECORDED_ENV_PREFIXES = ("OMP_", "MKL_", "CT2_", "ORT_", "TOKENIZERS_", "LAMINI_")
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
@@ -54,4 +59,9 @@ def machine_facts() -> dict[str, object]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "libraries": {name: _version(name) for name in _LIBRARIES},
+        "environment": {
+            name: value
+            for name, value in sorted(os.environ.items())
+            if name.startswith(_RECORDED_ENV_PREFIXES) and "KEY" not in name
+        },
     }

@@ -90,6 +90,9 @@ def markdown(report: BenchReport) -> str:
         "Libraries: "
         + ", ".join(f"{k} {v}" for k, v in dict(machine.get("libraries", {})).items()),
         "",
+        "Thread-related environment: "
+        + (", ".join(f"{k}={v}" for k, v in dict(machine.get("environment", {})).items()) or "-"),
+        "",
         "## Targets (lamini-serve / other system, same run)",
         "",
     ]
