@@ -30,7 +30,7 @@ from benchmarks.options import (
     SystemName,
     ThreadConfig,
 )
-from benchmarks.report import BenchReport, write_report
+from benchmarks.report import BenchReport, model_slug, write_report
 from benchmarks.results import SystemRun
 from benchmarks.systems import lamini, litserve_peer, raw_engine
 
@@ -77,7 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         "quick ones with --quick.",
     )
     add = parser.add_argument
-    add("--model", required=True, help="hub id, checkpoint dir or twin:<hub id>[@tiny]")
+    add(
+        "--model",
+        dest="models",
+        action="append",
+        required=True,
+        help="hub id, checkpoint dir or twin:<hub id>[@tiny]; repeat to run several models",
+    )
     add("--quick", action="store_true", help="tiny CI configuration (use a @tiny twin)")
     add("--systems", type=_str_list, help=f"subset of: {', '.join(s.value for s in SystemName)}")
     add("--engine", choices=["auto", "ct2", "onnx"], help="engine for raw + lamini-serve")
@@ -106,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def options_from_args(args: argparse.Namespace, work_dir: Path) -> BenchOptions:
+def options_from_args(args: argparse.Namespace, model: str, work_dir: Path) -> BenchOptions:
     given = {
         name: value
         for name, value in vars(args).items()
@@ -122,6 +128,7 @@ def options_from_args(args: argparse.Namespace, work_dir: Path) -> BenchOptions:
             "instructions_path": DEFAULT_INSTRUCTIONS,
             "twin_cache_dir": args.twin_cache_dir or Settings().twin_cache_dir,
             "work_dir": work_dir,
+            "model": model,
             **preset,
             **given,
         }
@@ -189,14 +196,12 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+def _benchmark_one(args: argparse.Namespace, model: str) -> int:
+    """Run and report one model; 0 when every system succeeded, 1 when one failed, 2 on error."""
     with tempfile.TemporaryDirectory(prefix="lamini-bench-") as scratch:
+        work_dir = args.work_dir / model_slug(model) if args.work_dir else Path(scratch)
         try:
-            options = options_from_args(args, args.work_dir or Path(scratch))
-            report = run_benchmark(options)
+            report = run_benchmark(options_from_args(args, model, work_dir))
         except (LaminiError, ValueError) as exc:
             print(f"benchmarks: error: {exc}", file=sys.stderr)
             return 2
@@ -204,8 +209,15 @@ def main(argv: list[str] | None = None) -> int:
         print(path)
     failed = [run for run in report.systems if not run.ok]
     for run in failed:
-        print(f"benchmarks: {run.system.value} failed: {run.error}", file=sys.stderr)
+        print(f"benchmarks: {model}: {run.system.value} failed: {run.error}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return max(_benchmark_one(args, model) for model in args.models)
 
 
 if __name__ == "__main__":
