@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app.errors import EngineUnavailableError
-from app.families import EngineKind
+from app.families import EngineKind, canonical_hub_id
 from conversion.ctranslate2 import CT2_QUANTIZATIONS, convert_to_ctranslate2
 from conversion.onnx import ONNX_QUANTIZATIONS, convert_to_onnx
-from model_store.sources import ModelSource
+from model_store.sources import TWIN_PREFIX, ModelSource, parse_twin
 from model_store.store import BuildOutcome, EntryKey, ModelStore, sha256_file
 
 QUANTIZATIONS: dict[EngineKind, tuple[str, ...]] = {
@@ -50,10 +50,19 @@ def checkpoint_fingerprint(checkpoint_dir: Path) -> str:
     return "sha256-" + digest.hexdigest()[:16]
 
 
+def _canonical_name(name: str) -> str:
+    """One spelling per model, so `mbzuai/lamini-gpt-124m` and `MBZUAI/LaMini-GPT-124M` (or the
+    same twin named either way) share their store entries."""
+    twin = parse_twin(name)
+    if twin is not None:
+        return f"{TWIN_PREFIX}{twin.hub_id}@{twin.size.value}"
+    return canonical_hub_id(name) or name
+
+
 def entry_key(source: ModelSource, engine: EngineKind, quantization: str) -> EntryKey:
     """Hub models and twins are keyed by their id and revision, directories by path and content."""
     if source.revision is not None:
-        return EntryKey(source.name, source.revision, engine, quantization)
+        return EntryKey(_canonical_name(source.name), source.revision, engine, quantization)
     return EntryKey(
         str(source.checkpoint_dir),
         checkpoint_fingerprint(source.checkpoint_dir),

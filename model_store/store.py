@@ -323,9 +323,11 @@ class ModelStore:
 
     @staticmethod
     def _status(path: Path) -> EntryStatus:
-        size = directory_size(path)
         try:
+            size = directory_size(path)
             return EntryStatus(path, verify_entry(path), None, size)
+        except OSError as exc:  # an unreadable entry is listed as such, not a crash
+            return EntryStatus(path, None, f"store entry {path} cannot be read: {exc}", 0)
         except StoreEntryError as exc:
             try:
                 manifest: Manifest | None = read_manifest(path)

@@ -197,3 +197,16 @@ def test_impossible_requests_fail_with_one_clear_line(
     capsys: pytest.CaptureFixture[str], args: tuple[str, ...], fragments: tuple[str, ...]
 ) -> None:
     assert_one_line_error(run_in_process(capsys, *args), *fragments)
+
+
+def test_two_spellings_of_one_model_share_an_entry(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    store = ("--store", str(tmp_path / "store"), "--engine", "ct2")
+
+    first = run_in_process(capsys, "convert", "twin:MBZUAI/LaMini-GPT-124M@tiny", *store)
+    second = run_in_process(capsys, "convert", "twin:mbzuai/lamini-gpt-124m@tiny", *store)
+
+    assert first.stdout.startswith("converted:")
+    assert second.stdout.startswith("already in the store")
+    assert len(_models(capsys, tmp_path / "store")) == 1
