@@ -26,7 +26,7 @@ from app.generation import (
     ServedModel,
 )
 from app.metrics import CONTENT_TYPE
-from app.middleware import MODEL_STATE_KEY
+from app.middleware import MODEL_STATE_KEY, client_gone
 from app.schemas import (
     ErrorResponse,
     GenerateRequest,
@@ -146,32 +146,12 @@ async def _prepare_all(served: ServedModel, body: GenerateRequest) -> list[Prepa
     return list(await asyncio.gather(*(served.prepare(p, options) for p in body.prompts)))
 
 
-async def _wait_for_disconnect(request: Request) -> None:
-    """Return when the client closes the connection (the body has been read already)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _complete_all(
-    served: ServedModel, prepared: list[PreparedRequest], request: Request
-) -> list[Completion]:
-    """Run every prompt (they batch together); a disconnect cancels all of them."""
-    disconnected = asyncio.ensure_future(_wait_for_disconnect(request))
-    tasks = [asyncio.ensure_future(served.complete(p, disconnected)) for p in prepared]
-    try:
-        return list(await asyncio.gather(*tasks))
-    finally:
-        disconnected.cancel()
-        for task in tasks:
-            task.cancel()
-
-
 async def _generate(
     request: Request, body: GenerateRequest, query_model: str | None
 ) -> list[dict[str, Any]]:
     served = _resolve(request, body, query_model)
     prepared = await _prepare_all(served, body)
-    completions = await _complete_all(served, prepared, request)
+    completions = await served.complete_all(prepared, client_gone(request))
     return [
         GenerateResponse.of(
             completion, body.parameters.details, _full_text(body, p.prompt, completion)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,6 +220,22 @@ class ServedModel:
             raise ClientDisconnectedError
         self._cancel(ticket, timed_out=True)
         raise self._timeout_error()
+
+    async def complete_all(
+        self, prepared: Sequence[PreparedRequest], disconnected: Awaitable[Any]
+    ) -> list[Completion]:
+        """Generate several prompts of one request together (they batch); `disconnected` (the
+        client went away) cancels all of them, and so does the first failure."""
+        watcher = asyncio.ensure_future(disconnected)
+        tasks = [
+            asyncio.ensure_future(self.complete(one, asyncio.shield(watcher))) for one in prepared
+        ]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in [*tasks, watcher]:
+                task.cancel()
+            await asyncio.gather(*tasks, watcher, return_exceptions=True)
 
     def stream(self, prepared: PreparedRequest) -> AsyncIterator[StreamEvent]:
         """Queue the request now (a full queue raises here, before any response is sent) and

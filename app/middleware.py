@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.logging import request_id
@@ -172,3 +173,9 @@ class RequestContextMiddleware:
             return
         model = scope.get("state", {}).get(MODEL_STATE_KEY) or self.default_model()
         self.metrics.for_model(model).observe_request(route.path, status, seconds)
+
+
+async def client_gone(request: Request) -> None:
+    """Resolves when the client disconnects (the body has been read, so only that can come)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -20,6 +20,7 @@ from typing import Any
 from starlette.requests import Request
 
 from app.generation import Completion, GenerationOptions, PreparedRequest, ServedModel, StreamEvent
+from app.middleware import client_gone
 
 # OpenAI seeds are 64-bit; CTranslate2 takes 32-bit seeds and treats 2**32 - 1 as "no seed",
 # so every seed is folded into [0, 2**32 - 1) (deterministically: the same request still
@@ -67,27 +68,11 @@ async def plan_choices(
     return ChoicePlan(choices, prompt_tokens)
 
 
-async def client_gone(request: Request) -> None:
-    """Resolves when the client disconnects (the body has been read, so only that can come)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
 async def complete_choices(
     served: ServedModel, plan: ChoicePlan, request: Request
 ) -> list[Completion]:
-    """Generate every choice; the first failure cancels the others."""
-    watcher = asyncio.ensure_future(client_gone(request))
-    tasks = [
-        asyncio.ensure_future(served.complete(choice.prepared, asyncio.shield(watcher)))
-        for choice in plan.choices
-    ]
-    try:
-        return list(await asyncio.gather(*tasks))
-    finally:
-        for task in [*tasks, watcher]:
-            task.cancel()
-        await asyncio.gather(*tasks, watcher, return_exceptions=True)
+    """Generate every choice; the first failure or a disconnect cancels the others."""
+    return await served.complete_all([c.prepared for c in plan.choices], client_gone(request))
 
 
 _FINISHED = object()

@@ -192,3 +192,16 @@ def test_models_and_settings_come_from_the_environment() -> None:
         assert info["model_id"] == MODEL
         assert info["max_batch_size"] == 3
         assert server.log().lstrip().startswith("{")
+
+
+def test_a_list_of_prompts_in_separate_batches_all_answer() -> None:
+    """Prompts of one request that finish at different times must not cancel each other."""
+    body = {
+        "inputs": ["Hi.", "Write a much longer prompt about the sea and its many moods."],
+        "parameters": {"max_new_tokens": 3},
+    }
+    with running_server([MODEL], args=["--max-batch-size", "1"]) as server:
+        response = server.post("/generate", json=body)
+        assert server.metric("lamini_batch_size_count", model=MODEL) == 2
+    assert response.status_code == 200, response.text
+    assert len(response.json()) == 2
