@@ -11,7 +11,10 @@ from __future__ import annotations
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from app.errors import ConversionError
 from app.families import Family
@@ -20,11 +23,30 @@ from conversion.common import conversion_step, save_tokenizer
 ONNX_QUANTIZATIONS = ("float32", "int8")
 
 
+@contextmanager
+def _path_without_at(directory: Path) -> Iterator[Path]:
+    """`directory`, or a symlink to it whose path has no '@': optimum reads `name@revision`
+    into every model id, local paths included."""
+    if "@" not in str(directory.resolve()):
+        yield directory
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        link = Path(scratch) / "model"
+        link.symlink_to(directory.resolve(), target_is_directory=True)
+        yield link
+
+
 def ort_model_class(family: Family) -> type:
     """The optimum ORT model class that runs `family` (export and inference alike)."""
     from optimum.onnxruntime import ORTModelForCausalLM, ORTModelForSeq2SeqLM
 
     return ORTModelForSeq2SeqLM if family.is_seq2seq else ORTModelForCausalLM
+
+
+def load_ort_model(family: Family, directory: Path, **options: Any) -> Any:
+    """optimum's ORT model for `family` from a local directory (export and inference alike)."""
+    with _path_without_at(directory) as path:
+        return ort_model_class(family).from_pretrained(str(path), local_files_only=True, **options)
 
 
 def _quantize_dynamic_int8(model_dir: Path) -> None:
@@ -50,9 +72,7 @@ def convert_to_onnx(checkpoint_dir: Path, out_dir: Path, family: Family, quantiz
     with conversion_step(f"exporting {checkpoint_dir} to ONNX"):
         with warnings.catch_warnings():  # the torch tracer warns about every data-dependent branch
             warnings.simplefilter("ignore")
-            model = ort_model_class(family).from_pretrained(
-                str(checkpoint_dir), export=True, use_cache=True, local_files_only=True
-            )
+            model = load_ort_model(family, checkpoint_dir, export=True, use_cache=True)
         model.save_pretrained(str(out_dir))
         if quantization == "int8":
             _quantize_dynamic_int8(out_dir)

@@ -210,3 +210,14 @@ def test_two_spellings_of_one_model_share_an_entry(
     assert first.stdout.startswith("converted:")
     assert second.stdout.startswith("already in the store")
     assert len(_models(capsys, tmp_path / "store")) == 1
+
+
+def test_onnx_works_from_a_store_path_with_an_at_sign(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """optimum reads `name@revision` into local paths; the store must not trip over it."""
+    store = ("--store", str(tmp_path / "models@v2"))
+
+    answer = _generate_json(capsys, _twin("lamini-neo"), "--backend", "onnx", *store)
+
+    assert answer["engine"] == "onnx" and answer["tokens"]

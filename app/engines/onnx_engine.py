@@ -18,7 +18,7 @@ from app.engines.base import EngineInfo, limits_from_config
 from app.engines.transformers_engine import TransformersEngine
 from app.errors import ModelSourceError
 from app.families import EngineKind, Family
-from conversion.onnx import ort_model_class
+from conversion.onnx import load_ort_model
 
 _CUDA_PROVIDER = "CUDAExecutionProvider"
 _CPU_PROVIDER = "CPUExecutionProvider"
@@ -55,8 +55,8 @@ class OnnxEngine(TransformersEngine):
         options.inter_op_num_threads = inter_threads
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-            self.model = ort_model_class(family).from_pretrained(
-                str(model_dir), provider=provider, session_options=options, local_files_only=True
+            self.model = load_ort_model(
+                family, model_dir, provider=provider, session_options=options
             )
         except (OSError, ValueError, RuntimeError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
