@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from app.errors import LaminiError
 from app.settings import Settings
 from benchmarks.context import BenchContext
@@ -202,7 +204,14 @@ def _benchmark_one(args: argparse.Namespace, model: str) -> int:
         work_dir = args.work_dir / model_slug(model) if args.work_dir else Path(scratch)
         try:
             report = run_benchmark(options_from_args(args, model, work_dir))
-        except (LaminiError, ValueError) as exc:
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+                for error in exc.errors()
+            )
+            print(f"benchmarks: error: invalid option ({problems})", file=sys.stderr)
+            return 2
+        except LaminiError as exc:
             print(f"benchmarks: error: {exc}", file=sys.stderr)
             return 2
     for path in write_report(report):

@@ -109,16 +109,27 @@ def test_quick_run_measures_every_system_sanely(quick_run) -> None:
     assert all(c["ratio"] > 0 for c in report["comparisons"])
 
 
-def test_missing_instruction_file_is_a_one_line_error(
-    tiny_twin: Callable[[str], Path], twin_cache_dir: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--instructions", "{tmp}/none.jsonl"), "none.jsonl not found"),
+        (("--concurrency", "0"), "concurrency"),
+        (("--systems", "pipeline,nope"), "systems"),
+    ],
+)
+def test_bad_options_are_a_one_line_error(
+    tiny_twin: Callable[[str], Path],
+    twin_cache_dir: Path,
+    tmp_path: Path,
+    flags: tuple[str, str],
+    message: str,
 ) -> None:
     tiny_twin(QUICK_MODEL)
-    completed = _bench(
-        twin_cache_dir, tmp_path, "--quick", "--instructions", str(tmp_path / "none.jsonl")
-    )
+    flag, value = flags
+    completed = _bench(twin_cache_dir, tmp_path, "--quick", flag, value.format(tmp=tmp_path))
     assert completed.returncode == 2
     assert completed.stderr.strip().count("\n") == 0, completed.stderr
-    assert "none.jsonl not found" in completed.stderr
+    assert completed.stderr.startswith("benchmarks: error:") and message in completed.stderr
     assert not (tmp_path / "results").exists()
 
 
