@@ -240,7 +240,8 @@ def plot_latency(report: BenchReport, path: Path) -> None:
     if boxes:
         axis.boxplot([values for _label, values in boxes], whis=(1, 99), showfliers=True)
         axis.set_xticks(range(1, len(boxes) + 1), [label for label, _values in boxes], fontsize=7)
-    axis.set_ylabel("request latency (s), whiskers p1-p99")
+    axis.set_yscale("log")  # single requests and queued ones differ by orders of magnitude
+    axis.set_ylabel("request latency (s, log scale), whiskers p1-p99")
     axis.set_title(f"{report.model}: latency distribution, {n} new tokens")
     axis.grid(True, axis="y", alpha=0.3)
     figure.tight_layout()
@@ -254,9 +255,10 @@ def model_slug(model: str) -> str:
     return f"twin-{slug}" if model.startswith("twin:") else slug
 
 
-def write_report(report: BenchReport) -> list[Path]:
-    """Write `<date>-<model>.json`, `.md`, `-throughput.png` and `-latency.png`."""
-    out = report.options.output_dir
+def write_report(report: BenchReport, out: Path | None = None) -> list[Path]:
+    """Write `<date>-<model>.json`, `.md`, `-throughput.png` and `-latency.png` into `out`
+    (default: the run's `--output-dir`)."""
+    out = out or report.options.output_dir
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{report.date}-{model_slug(report.model)}"
     paths = [
@@ -273,10 +275,10 @@ def write_report(report: BenchReport) -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
-    """Regenerate markdown and plots from a result JSON file."""
-    (json_path,) = argv
-    report = BenchReport.model_validate_json(Path(json_path).read_text(encoding="utf-8"))
-    for path in write_report(report):
+    """Regenerate markdown and plots from a result JSON file, next to it."""
+    (json_path,) = map(Path, argv)
+    report = BenchReport.model_validate_json(json_path.read_text(encoding="utf-8"))
+    for path in write_report(report, json_path.parent):
         print(path)
     return 0
 
