@@ -1,9 +1,10 @@
 """Hugging Face checkpoint -> ONNX Runtime model directory (optimum export).
 
-Encoder-decoder models become an encoder plus decoders with and without past key values,
-decoder-only models one decoder with past key values, so generation reuses its cache as in
-transformers. `int8` adds optimum's dynamic quantisation (weights int8, activations quantised on
-the fly), which needs no calibration data. The tokenizer travels with the model.
+Encoder-decoder models become an encoder plus one merged decoder (first step and steps with past
+key values in one graph), decoder-only models one decoder with past key values, so generation
+reuses its cache as in transformers. `int8` adds optimum's dynamic quantisation (weights int8,
+activations quantised on the fly), which needs no calibration data. The tokenizer travels with
+the model.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from app.families import Family
 from conversion.common import conversion_step, save_tokenizer
 
 ONNX_QUANTIZATIONS = ("float32", "int8")
+MERGED_DECODER = "decoder_model_merged.onnx"  # the name optimum's ORT models look for first
 
 
 @contextmanager
@@ -49,6 +51,20 @@ def load_ort_model(family: Family, directory: Path, **options: Any) -> Any:
         return ort_model_class(family).from_pretrained(str(path), local_files_only=True, **options)
 
 
+def _merge_seq2seq_decoders(model_dir: Path) -> None:
+    """Fuse the decoders without and with past key values into one graph that switches between
+    them: both hold the same weights, so this halves an encoder-decoder entry."""
+    from optimum.onnx import merge_decoders
+
+    first_step, with_past = (
+        model_dir / "decoder_model.onnx",
+        model_dir / "decoder_with_past_model.onnx",
+    )
+    merge_decoders(first_step, with_past, save_path=model_dir / MERGED_DECODER, strict=False)
+    first_step.unlink()
+    with_past.unlink()
+
+
 def _quantize_dynamic_int8(model_dir: Path) -> None:
     """Replace every ONNX graph in `model_dir` by its dynamically int8-quantised version."""
     from optimum.onnxruntime import ORTQuantizer
@@ -74,6 +90,8 @@ def convert_to_onnx(checkpoint_dir: Path, out_dir: Path, family: Family, quantiz
             warnings.simplefilter("ignore")
             model = load_ort_model(family, checkpoint_dir, export=True, use_cache=True)
         model.save_pretrained(str(out_dir))
+        if family.is_seq2seq:
+            _merge_seq2seq_decoders(out_dir)
         if quantization == "int8":
             _quantize_dynamic_int8(out_dir)
         save_tokenizer(checkpoint_dir, out_dir)
