@@ -22,12 +22,6 @@ from starlette.requests import Request
 from app.generation import Completion, GenerationOptions, PreparedRequest, ServedModel, StreamEvent
 from app.middleware import client_gone
 
-# OpenAI seeds are 64-bit; CTranslate2 takes 32-bit seeds and treats 2**32 - 1 as "no seed",
-# so every seed is folded into [0, 2**32 - 1) (deterministically: the same request still
-# samples the same choices).
-_SEED_SPACE = 2**32 - 1
-
-
 @dataclass(frozen=True)
 class Choice:
     """One choice to generate: its index in the response and its prepared request."""
@@ -48,7 +42,7 @@ def _with_seed_offset(prepared: PreparedRequest, offset: int) -> PreparedRequest
     seed = prepared.sampling.seed
     if seed is None:
         return prepared
-    sampling = dataclasses.replace(prepared.sampling, seed=(seed + offset) % _SEED_SPACE)
+    sampling = dataclasses.replace(prepared.sampling, seed=seed + offset)
     return dataclasses.replace(prepared, sampling=sampling)
 
 

@@ -195,6 +195,19 @@ def test_sampling_is_reproducible_with_a_seed(
     assert len(other_seeds) > 1
 
 
+@pytest.mark.parametrize("seed", [2**32 - 1, 2**40 + 3, 2**63 - 1])
+def test_any_64_bit_seed_is_honoured_by_ctranslate2(seed: int, engines: Callable) -> None:
+    """TGI and OpenAI accept 64-bit seeds; CTranslate2 takes 32 bits and reads 2**32 - 1 as
+    'pick a random seed', so the engine folds seeds - reproducibly."""
+    engine = engines("lamini-gpt", EngineKind.CTRANSLATE2)
+    prompts = [_prompt(engine, "Invent a name for a cat.")]
+    sampling = SamplingParams(do_sample=True, temperature=1.5, seed=seed)
+
+    runs = {tuple(_run(engine, prompts, sampling)[0].token_ids) for _ in range(3)}
+
+    assert len(runs) == 1
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_top_k_one_and_repetition_penalty_follow_transformers(
     family: str, engines: Callable

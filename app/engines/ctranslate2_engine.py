@@ -42,6 +42,16 @@ def resolve_ct2_device(setting: str) -> str:
     return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
 
 
+# CTranslate2 takes 32-bit seeds and treats 2**32 - 1 as "no seed" (a random one).
+_CT2_SEED_SPACE = 2**32 - 1
+
+
+def ct2_seed(seed: int) -> int:
+    """A request's seed (TGI and OpenAI allow 64 bits) folded into what CTranslate2 honours;
+    the same seed always folds the same way, so sampling stays reproducible."""
+    return seed % _CT2_SEED_SPACE
+
+
 def compute_type_for(quantization: str, device: str) -> str:
     """The stored precision if the device computes it efficiently, else the nearest one it does
     (a float16 entry runs in float32 on a CPU, an int8_float16 one in int8_float32)."""
@@ -142,7 +152,7 @@ class CTranslate2Engine(Engine):
         """
         if not (sampling.do_sample and sampling.seed is not None):
             return self.model
-        ctranslate2.set_random_seed(sampling.seed)
+        ctranslate2.set_random_seed(ct2_seed(sampling.seed))
         return self._load_runtime()
 
     def _generate(self, trackers: list[SequenceTracker], sampling: SamplingParams) -> None:
