@@ -22,6 +22,7 @@ from starlette.requests import Request
 from app.generation import Completion, GenerationOptions, PreparedRequest, ServedModel, StreamEvent
 from app.middleware import client_gone
 
+
 @dataclass(frozen=True)
 class Choice:
     """One choice to generate: its index in the response and its prepared request."""
