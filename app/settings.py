@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     # --- HTTP service ---------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Address the HTTP server listens on.")
     port: int = Field(default=8080, ge=0, le=65535, description="Port the HTTP server uses.")
-    max_batch_size: int = Field(default=16, ge=1, description="Most sequences in one batch.")
+    max_batch_size: int = Field(default=32, ge=1, description="Most sequences in one batch.")
     max_batch_wait_ms: float = Field(
         default=10.0, ge=0, description="How long a batch waits for more requests to join."
     )

@@ -61,7 +61,7 @@ class BenchOptions(BaseModel):
     ct2_threads: list[ThreadConfig] = Field(
         default_factory=lambda: [ThreadConfig(intra=0, inter=1)]
     )
-    litserve_max_batch_size: int = Field(default=16, ge=1)
+    litserve_max_batch_size: int = Field(default=32, ge=1)
     litserve_batch_timeout_s: float = Field(default=0.05, ge=0)
     lamini_env: dict[str, str] = Field(
         default_factory=dict,
