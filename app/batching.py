@@ -51,6 +51,11 @@ class Ticket:
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
+    def resolve(self, generation: Generation) -> None:
+        """Hand the result over (once): as soon as the sequence ends, or when its batch does."""
+        if not self.future.done():
+            self.future.set_result(generation)
+
     @property
     def cost(self) -> int:
         """Tokens this request may occupy: what `max_batch_tokens` limits."""
@@ -95,6 +100,7 @@ class Batcher:
             is_cancelled=cancelled.is_set,
         )
         ticket = Ticket(request, sampling, time.monotonic(), _cancelled=cancelled)
+        request.on_finish = ticket.resolve
         with self._condition:
             if self._closed:
                 raise UnavailableError("the server is shutting down; retry on another replica")
@@ -193,4 +199,4 @@ class Batcher:
                 ticket.future.set_exception(exc)
             return
         for ticket, generation in zip(running, generations, strict=True):
-            ticket.future.set_result(generation)
+            ticket.resolve(generation)

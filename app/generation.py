@@ -87,7 +87,7 @@ class _Timing:
 
     first_token_at: float | None = None
 
-    def on_token(self, _token: GeneratedToken) -> None:
+    def on_token(self, _token: GeneratedToken, _last: bool) -> None:
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
 
@@ -246,9 +246,9 @@ class ServedModel:
         events: asyncio.Queue[Any] = asyncio.Queue()
         timing = _Timing()
 
-        def on_token(token: GeneratedToken) -> None:
-            timing.on_token(token)
-            loop.call_soon_threadsafe(events.put_nowait, token)
+        def on_token(token: GeneratedToken, last: bool) -> None:
+            timing.on_token(token, last)
+            loop.call_soon_threadsafe(events.put_nowait, (token, last))
 
         ticket = self._submit(prepared, on_token)
         ticket.future.add_done_callback(
@@ -265,18 +265,22 @@ class ServedModel:
     ) -> AsyncIterator[StreamEvent]:
         completed = False
         try:
-            held: GeneratedToken | None = None
+            # Every token goes out as soon as it exists; the last one waits only for the
+            # completion, which the batcher resolves the moment this sequence ends.
+            last_token: GeneratedToken | None = None
             index = 1
             while (item := await self._next_event(events, prepared, ticket)) is not _FINISHED:
-                if held is not None:
-                    yield StreamEvent(index, held)
+                token, last = item
+                if last:
+                    last_token = token
+                else:
+                    yield StreamEvent(index, token)
                     index += 1
-                held = item
             completion = self._finish(prepared, ticket, timing)
             completed = True
-            if held is None:
-                raise GenerationError("the engine finished without producing a token")
-            yield StreamEvent(index, held, completion)
+            if last_token is None:
+                raise GenerationError("the engine ended the sequence without its last token")
+            yield StreamEvent(index, last_token, completion)
         finally:
             if not completed:
                 self._cancel(ticket, timed_out=False)

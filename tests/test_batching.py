@@ -137,7 +137,7 @@ def test_cancelling_a_running_request_stops_its_tokens(
     first_token = threading.Event()
     ids = prompt(loaded, "Tell a long story")
     with make_batcher(loaded, metrics, max_batch_wait_s=0) as batcher:
-        ticket = batcher.submit(ids, 500, GREEDY, on_token=lambda _token: first_token.set())
+        ticket = batcher.submit(ids, 500, GREEDY, on_token=lambda _token, _last: first_token.set())
         assert first_token.wait(30)
         batcher.cancel(ticket)
         generation = ticket.future.result(timeout=60)
@@ -150,3 +150,19 @@ def test_closed_batcher_refuses_new_requests(loaded: LoadedModel, metrics: Metri
     batcher.close(timeout=30)
     with pytest.raises(UnavailableError, match="shutting down"):
         batcher.submit(prompt(loaded, "Hi"), 2, GREEDY)
+
+
+def test_a_request_that_ends_early_is_answered_before_its_batch_ends(
+    loaded: LoadedModel, metrics: Metrics
+) -> None:
+    ids = loaded.engine.encode("Tell me a story.")
+    with make_batcher(loaded, metrics) as batcher:
+        short = batcher.submit(ids, 2, GREEDY)
+        long = batcher.submit(ids, 400, GREEDY)
+        generation = short.future.result(timeout=60)
+        long_still_running = not long.future.done()
+        long.future.result(timeout=120)
+
+    assert len(generation.tokens) == 2
+    assert long_still_running
+    assert batch_sizes(metrics) == (1.0, 2.0)

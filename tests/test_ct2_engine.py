@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 from conftest import FAMILY_TWINS
 
-from app.engines.base import Engine, EngineRequest, FinishReason, GeneratedToken, SamplingParams
+from app.engines.base import (
+    Engine,
+    EngineRequest,
+    FinishReason,
+    GeneratedToken,
+    SamplingParams,
+    SequenceTracker,
+)
+from app.engines.ctranslate2_engine import split_by_length
 from app.engines.transformers_engine import TransformersEngine
 from app.families import EngineKind, get_family
 from app.settings import Settings
@@ -146,8 +154,8 @@ def test_streaming_callback_gets_every_token_in_order(kind: EngineKind, engines:
 
     generations = engine.generate(
         [
-            EngineRequest(prompt, 5, on_token=streamed[0].append),
-            EngineRequest(prompt[:-2], 7, on_token=streamed[1].append),
+            EngineRequest(prompt, 5, on_token=lambda token, _last: streamed[0].append(token)),
+            EngineRequest(prompt[:-2], 7, on_token=lambda token, _last: streamed[1].append(token)),
         ],
         GREEDY,
     )
@@ -164,7 +172,12 @@ def test_a_cancelled_row_stops_while_the_others_finish(kind: EngineKind, engines
 
     cancelled, kept = engine.generate(
         [
-            EngineRequest(prompt, 8, on_token=seen.append, is_cancelled=lambda: len(seen) >= 2),
+            EngineRequest(
+                prompt,
+                8,
+                on_token=lambda token, _last: seen.append(token),
+                is_cancelled=lambda: len(seen) >= 2,
+            ),
             EngineRequest(prompt, 8),
         ],
         GREEDY,
@@ -273,3 +286,30 @@ def test_eos_finishes_a_row_unless_min_new_tokens_forbids_it(
     assert ended.tokens[-1].id == engine.tokenizer.eos_token_id
     assert len(held.tokens) >= 4
     assert engine.tokenizer.eos_token_id not in held.token_ids[:4]
+
+
+def _trackers_of_lengths(lengths: list[int], new_tokens: int = 64) -> list[SequenceTracker]:
+    return [
+        SequenceTracker(
+            EngineRequest([5] * length, new_tokens), tokenizer=None, eos_token_ids=frozenset()
+        )
+        for length in lengths
+    ]
+
+
+def test_split_by_length_separates_far_apart_prompts_and_keeps_close_ones_together() -> None:
+    close = _trackers_of_lengths([40, 41, 43, 45, 47, 50] * 4)
+    far = _trackers_of_lengths([40] * 16 + [300] * 16)
+
+    assert len(split_by_length(close)) == 1
+    groups = split_by_length(far)
+    assert [sorted({len(t.request.prompt_ids) for t in g}) for g in groups] == [[40], [300]]
+
+
+def test_split_by_length_never_mixes_one_token_prompts_with_longer_ones() -> None:
+    groups = split_by_length(_trackers_of_lengths([1, 2, 1, 3]))
+
+    lengths = [sorted(len(t.request.prompt_ids) for t in g) for g in groups]
+    assert [1, 1] in lengths
+    assert all(1 not in group or set(group) == {1} for group in lengths)
+    assert sorted(x for group in lengths for x in group) == [1, 1, 2, 3]

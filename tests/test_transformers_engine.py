@@ -129,12 +129,60 @@ def test_stop_sequence_ends_the_row_and_keeps_the_stop_text(engine_for, family_n
 def test_streaming_callback_sees_every_token_in_order(engine_for) -> None:
     engine = engine_for("lamini-cerebras")
     seen: list[GeneratedToken] = []
-    request = EngineRequest(_prompt_ids(engine, PROMPTS[0]), max_new_tokens=6, on_token=seen.append)
+    request = EngineRequest(
+        _prompt_ids(engine, PROMPTS[0]),
+        max_new_tokens=6,
+        on_token=lambda token, _last: seen.append(token),
+    )
 
     generation = engine.generate([request], GREEDY)[0]
 
     assert seen == generation.tokens
     assert "".join(token.text for token in seen) == generation.text
+
+
+def test_each_token_says_whether_it_is_the_last_and_finish_comes_at_once(engine_for) -> None:
+    """A short request in a batch with a long one is finished (on_finish) while the long one
+    still runs, and only its final token is flagged last - streaming needs no look-ahead."""
+    engine = engine_for("lamini-gpt")
+    flags: list[bool] = []
+    finished: list[tuple[int, int]] = []  # (tokens of the finished sequence, long's tokens then)
+    long_tokens: list[GeneratedToken] = []
+    prompt = _prompt_ids(engine, PROMPTS[0])
+    short = EngineRequest(
+        prompt,
+        max_new_tokens=3,
+        on_token=lambda _token, last: flags.append(last),
+        on_finish=lambda generation: finished.append((len(generation.tokens), len(long_tokens))),
+    )
+    long = EngineRequest(
+        prompt, max_new_tokens=12, on_token=lambda token, _last: long_tokens.append(token)
+    )
+
+    engine.generate([short, long], GREEDY)
+
+    assert flags == [False, False, True]
+    ((short_tokens, long_tokens_then),) = finished
+    assert short_tokens == 3
+    assert long_tokens_then <= 3 < len(long_tokens) == 12
+
+
+def test_a_sequence_cut_by_the_context_knows_its_last_token(engine_for) -> None:
+    """Near the end of the position table a batch has less room than a request asked for; the
+    last token the engine can make is still flagged last."""
+    engine = engine_for("lamini-gpt")
+    room = 4
+    filler = _prompt_ids(engine, PROMPTS[0]) * engine.info.max_total_tokens
+    prompt = filler[: engine.info.max_total_tokens - room]
+    flags: list[bool] = []
+    request = EngineRequest(
+        prompt, max_new_tokens=50, on_token=lambda _token, last: flags.append(last)
+    )
+
+    generation = engine.generate([request], GREEDY)[0]
+
+    assert flags == [False] * (room - 1) + [True]
+    assert generation.finish_reason is FinishReason.LENGTH
 
 
 def test_cancelled_request_stops_early(engine_for) -> None:
@@ -143,7 +191,7 @@ def test_cancelled_request_stops_early(engine_for) -> None:
     request = EngineRequest(
         _prompt_ids(engine, PROMPTS[0]),
         max_new_tokens=20,
-        on_token=seen.append,
+        on_token=lambda token, _last: seen.append(token),
         is_cancelled=lambda: len(seen) >= 2,
     )
 

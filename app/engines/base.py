@@ -51,7 +51,9 @@ class GeneratedToken:
     special: bool
 
 
-TokenCallback = Callable[[GeneratedToken], None]
+# Called with each generated token and whether it is the sequence's last one.
+TokenCallback = Callable[[GeneratedToken, bool], None]
+FinishCallback = Callable[["Generation"], None]
 
 
 @dataclass
@@ -59,13 +61,16 @@ class EngineRequest:
     """One sequence of a batch: its prompt and its own limits.
 
     `on_token` is called from the engine's thread for every generated token (streaming);
-    `is_cancelled` is polled every step so a disconnected client stops costing compute.
+    `on_finish` is called from that thread as soon as this sequence is finished - before the
+    rest of its batch - so its answer need not wait for longer neighbours; `is_cancelled` is
+    polled every step so a disconnected client stops costing compute.
     """
 
     prompt_ids: list[int]
     max_new_tokens: int
     stop: tuple[str, ...] = ()
     on_token: TokenCallback | None = None
+    on_finish: FinishCallback | None = None
     is_cancelled: Callable[[], bool] = lambda: False
 
 
@@ -106,10 +111,23 @@ class SequenceTracker:
     _ids: list[int] = field(default_factory=list)
     _prefix_offset: int = 0
     _read_offset: int = 0
+    _limit: int | None = None
 
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def max_new_tokens(self) -> int:
+        """The request's own limit, or less where the engine has less room for this batch."""
+        wanted = self.request.max_new_tokens
+        return wanted if self._limit is None else min(wanted, self._limit)
+
+    def cap(self, room: int) -> None:
+        """The engine can generate at most `room` tokens for this sequence in its batch (the
+        context is shared with longer prompts); knowing it here makes every last token known
+        as last when it is pushed."""
+        self._limit = max(1, room)
 
     def _next_text(self) -> str:
         """Text added by the newest token (empty while a character is incomplete)."""
@@ -148,10 +166,12 @@ class SequenceTracker:
         elif (stop := self._matched_stop(piece)) is not None:
             self.finish_reason = FinishReason.STOP_SEQUENCE
             self.stop_sequence = stop
-        elif len(self.tokens) >= self.request.max_new_tokens:
+        elif len(self.tokens) >= self.max_new_tokens:
             self.finish_reason = FinishReason.LENGTH
         if self.request.on_token is not None:
-            self.request.on_token(token)
+            self.request.on_token(token, self.done)
+        if self.done and self.request.on_finish is not None:
+            self.request.on_finish(self.finish())
         return self.done
 
     def _matched_stop(self, piece: str) -> str | None:

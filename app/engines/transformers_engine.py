@@ -149,6 +149,8 @@ class TransformersEngine(Engine):
         model's position table."""
         wanted = max(tracker.request.max_new_tokens for tracker in trackers)
         room = self.info.max_total_tokens - (0 if self.family.is_seq2seq else prompt_width)
+        for tracker in trackers:
+            tracker.cap(room)
         return max(1, min(wanted, room))
 
     def _generation_config(self, sampling: SamplingParams, max_new_tokens: int) -> GenerationConfig:
