@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,8 +46,20 @@ class BenchReport(BaseModel):
 
     def to_json(self) -> str:
         record = json.loads(self.model_dump_json())
+        record["options"] = {k: _portable(v) for k, v in record["options"].items()}
         record["comparisons"] = [{**vars(c), "met": c.met} for c in self.comparisons()]
         return json.dumps(record, indent=1, allow_nan=True)
+
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _portable(value: object) -> object:
+    """Paths beside the checkout (the repo, ../shared) relative to the repo root, so committed
+    results name no machine's directories and still load back."""
+    if isinstance(value, str) and value.startswith(str(_REPO_ROOT.parent) + os.sep):
+        return os.path.relpath(value, _REPO_ROOT)
+    return value
 
 
 def _fmt(value: float, digits: int = 3) -> str:
