@@ -1,10 +1,15 @@
 """Dynamic batching: one queue and one worker thread per model.
 
-Requests wait in a queue; the worker takes the oldest, lets the batch fill for up to
-`max_batch_wait_ms` (or until `max_batch_size` requests are waiting), then adds the queued
-requests with the same sampling parameters whose prompts are closest in length to the oldest
-one (less padding), within `max_batch_size` and `max_batch_tokens`. The oldest request always
-goes first, so nothing starves. Only the worker thread touches the engine.
+Requests wait in a queue. When the engine is free, the worker lets the batch fill while
+requests keep arriving: it starts once `max_batch_size` requests wait, once none has arrived for
+`batch_quiet_ms`, or at the latest `max_batch_wait_ms` after the engine became free (or after the
+oldest request arrived, if later). Counting from the moment the engine frees up matters: the
+clients answered by the last batch send their next requests within tens of milliseconds, and a
+batch started before they arrive splits the load into two half-size batches that alternate for
+good (measured on 32 closed-loop clients: batches of ~16 instead of 32). The batch is the oldest
+request plus the queued ones with the same sampling parameters whose prompts are closest in
+length to it (less padding), within `max_batch_size` and `max_batch_tokens`. The oldest request
+always goes first, so nothing starves. Only the worker thread touches the engine.
 
 Cancellation is cooperative: a queued request is simply removed; a running one has its flag
 set and the engine stops producing its tokens at the next step.
@@ -32,6 +37,7 @@ class BatchLimits:
 
     max_batch_size: int
     max_batch_wait_s: float
+    batch_quiet_s: float
     max_batch_tokens: int
     max_queue_size: int
 
@@ -72,6 +78,7 @@ class Batcher:
         self._queue: list[Ticket] = []
         self._condition = threading.Condition()
         self._closed = False
+        self._engine_free_since = time.monotonic()
         self._thread = threading.Thread(
             target=self._run, name=f"batcher-{metrics.model}", daemon=True
         )
@@ -141,21 +148,17 @@ class Batcher:
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
             self._execute(batch)
+            self._engine_free_since = time.monotonic()
 
     def _next_batch(self) -> list[Ticket] | None:
         """Block until a batch is ready; None once closed."""
-        limits = self._limits
         with self._condition:
             while True:
                 while not self._queue and not self._closed:
                     self._condition.wait()
                 if self._closed:
                     return None
-                deadline = self._queue[0].enqueued_at + limits.max_batch_wait_s
-                while len(self._queue) < limits.max_batch_size and not self._closed:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or not self._condition.wait(remaining):
-                        break
+                self._let_batch_fill()
                 if self._closed:
                     return None
                 if self._queue:  # else: all were cancelled while the batch filled
@@ -165,6 +168,17 @@ class Batcher:
                 self._queue.remove(ticket)
             self._metrics.set_queue_size(len(self._queue))
             return batch
+
+    def _let_batch_fill(self) -> None:
+        """Wait (lock held) while requests keep coming, within the limits above."""
+        limits = self._limits
+        latest = max(self._queue[0].enqueued_at, self._engine_free_since) + limits.max_batch_wait_s
+        while self._queue and len(self._queue) < limits.max_batch_size and not self._closed:
+            last_arrival = max(self._queue[-1].enqueued_at, self._engine_free_since)
+            remaining = min(latest, last_arrival + limits.batch_quiet_s) - time.monotonic()
+            if remaining <= 0:
+                return
+            self._condition.wait(remaining)
 
     def _select(self, queue: list[Ticket]) -> list[Ticket]:
         """The oldest request plus the compatible ones closest to it in prompt length."""

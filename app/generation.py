@@ -107,6 +107,7 @@ class ServedModel:
             BatchLimits(
                 max_batch_size=settings.max_batch_size,
                 max_batch_wait_s=settings.max_batch_wait_ms / 1000,
+                batch_quiet_s=settings.batch_quiet_ms / 1000,
                 max_batch_tokens=settings.max_batch_tokens,
                 max_queue_size=settings.max_queue_size,
             ),

@@ -49,10 +49,18 @@ class Settings(BaseSettings):
         "(default int8 on CPU, float16 on CUDA for CTranslate2; float32 for the others).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Device.")
-    intra_threads: int = Field(
-        default=0, ge=0, description="Threads per batch computation (0 = one per core)."
+    intra_threads: int | None = Field(
+        default=None,
+        ge=0,
+        description="Threads per batch computation (0 = one per core; default: the engine's "
+        "best layout - 1 for CTranslate2 on CPU, one per core for the others).",
     )
-    inter_threads: int = Field(default=1, ge=1, description="Batches computed in parallel.")
+    inter_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="Batches computed in parallel (CTranslate2 replicas; default: one per core "
+        "for CTranslate2 on CPU when intra_threads is 1, else 1).",
+    )
 
     # --- where things live ---------------------------------------------------------------------
     store_dir: Path = Field(
@@ -69,7 +77,14 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535, description="Port the HTTP server uses.")
     max_batch_size: int = Field(default=32, ge=1, description="Most sequences in one batch.")
     max_batch_wait_ms: float = Field(
-        default=10.0, ge=0, description="How long a batch waits for more requests to join."
+        default=100.0,
+        ge=0,
+        description="Longest a batch waits for more requests once the engine is free.",
+    )
+    batch_quiet_ms: float = Field(
+        default=15.0,
+        ge=0,
+        description="A filling batch starts once no request has arrived for this long.",
     )
     max_batch_tokens: int = Field(
         default=16384,

@@ -59,7 +59,9 @@ class BenchOptions(BaseModel):
     engine_batch_sizes: list[int] = Field(default_factory=lambda: [1, 4, 8, 16, 32, 64])
     quantizations: list[str] = Field(default_factory=lambda: ["int8", "float32"])
     ct2_threads: list[ThreadConfig] = Field(
-        default_factory=lambda: [ThreadConfig(intra=0, inter=1)]
+        default_factory=lambda: [ThreadConfig(intra=0, inter=1), ThreadConfig(intra=1, inter=2)],
+        description="the raw engine's layouts: one batch on all cores, and lamini-serve's CPU "
+        "default (one single-threaded replica per core, batches side by side)",
     )
     litserve_max_batch_size: int = Field(default=32, ge=1)
     litserve_batch_timeout_s: float = Field(default=0.05, ge=0)

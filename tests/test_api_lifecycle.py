@@ -1,7 +1,7 @@
 """Overload, disconnects, timeouts, startup failure and graceful shutdown, on real servers.
 
-A long `max_batch_wait_ms` keeps requests queued for a known time, which makes "queued" and
-"in flight" observable without racing the (fast) tiny model.
+A long `max_batch_wait_ms` and `batch_quiet_ms` keep requests queued for a known time, which
+makes "queued" and "in flight" observable without racing the (fast) tiny model.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from server import DEFAULT_TEST_ENV, RunningServer, running_server
 
 MODEL = "twin:MBZUAI/LaMini-GPT-124M@tiny"
-SLOW_QUEUE = ["--max-batch-wait-ms", "1500", "--max-batch-size", "64"]
+SLOW_QUEUE = ["--max-batch-wait-ms", "1500", "--batch-quiet-ms", "1500", "--max-batch-size", "64"]
 
 
 def generate_body(max_new_tokens: int = 4) -> dict:

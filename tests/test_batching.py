@@ -30,6 +30,7 @@ def limits(**overrides: float) -> BatchLimits:
     values = {
         "max_batch_size": 8,
         "max_batch_wait_s": 0.3,
+        "batch_quiet_s": 0.3,
         "max_batch_tokens": 100_000,
         "max_queue_size": 64,
     } | overrides
@@ -166,3 +167,37 @@ def test_a_request_that_ends_early_is_answered_before_its_batch_ends(
     assert len(generation.tokens) == 2
     assert long_still_running
     assert batch_sizes(metrics) == (1.0, 2.0)
+
+
+def test_a_lone_request_starts_after_the_quiet_window_not_the_longest_wait(
+    loaded: LoadedModel, metrics: Metrics
+) -> None:
+    with make_batcher(loaded, metrics, max_batch_wait_s=3.0, batch_quiet_s=0.1) as batcher:
+        ticket = batcher.submit(prompt(loaded, "Hello"), 2, GREEDY)
+        ticket.future.result(timeout=60)
+    assert ticket.started_at is not None
+    assert 0.1 <= ticket.started_at - ticket.enqueued_at < 2.0
+
+
+def test_requests_sent_right_after_a_batch_ends_join_the_ones_queued_during_it(
+    loaded: LoadedModel, metrics: Metrics
+) -> None:
+    """Closed-loop clients: the one just answered comes back at once; its next request must
+    share a batch with the request that queued while the engine was busy (else the load splits
+    into alternating half-size batches)."""
+    running = threading.Event()
+    long_run = SamplingParams(min_new_tokens=300)
+    with make_batcher(loaded, metrics, max_batch_wait_s=3.0, batch_quiet_s=0.05) as batcher:
+        first = batcher.submit(
+            prompt(loaded, "Tell a story"), 300, long_run, on_token=lambda _t, _l: running.set()
+        )
+        assert running.wait(30)
+        queued = batcher.submit(prompt(loaded, "Say hi."), 4, GREEDY)
+        first.future.result(timeout=60)
+        follow_up = batcher.submit(prompt(loaded, "Count to 3."), 4, GREEDY)
+        for ticket in (queued, follow_up):
+            ticket.future.result(timeout=60)
+    assert batch_sizes(metrics) == (2.0, 3.0)
+    assert queued.started_at is not None
+    assert queued.started_at - queued.enqueued_at > 0.05  # it queued longer than the window
+    assert queued.started_at == follow_up.started_at

@@ -8,6 +8,7 @@ same whichever engine runs. Includes the CTranslate2 one-token-prompt quirk.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ from app.engines.base import (
     SamplingParams,
     SequenceTracker,
 )
-from app.engines.ctranslate2_engine import split_by_length
+from app.engines.ctranslate2_engine import plan_groups, split_by_length, thread_layout
 from app.engines.transformers_engine import TransformersEngine
 from app.families import EngineKind, get_family
 from app.settings import Settings
@@ -313,3 +314,73 @@ def test_split_by_length_never_mixes_one_token_prompts_with_longer_ones() -> Non
     assert [1, 1] in lengths
     assert all(1 not in group or set(group) == {1} for group in lengths)
     assert sorted(x for group in lengths for x in group) == [1, 1, 2, 3]
+
+
+def _lengths(groups: list[list[SequenceTracker]]) -> list[list[int]]:
+    return [[len(t.request.prompt_ids) for t in group] for group in groups]
+
+
+def test_replicas_get_length_sorted_groups_longest_first() -> None:
+    lengths = [37, 393, 52, 66, 120, 48, 81, 190, 55, 70, 46, 136, 51, 93, 61, 175] * 2
+    groups = _lengths(plan_groups(_trackers_of_lengths(lengths), replicas=2, seq2seq=False))
+
+    assert [len(g) for g in groups] == [8, 8, 8, 8]  # two groups per replica
+    flat = [length for group in groups for length in group]
+    assert flat == sorted(lengths, reverse=True)  # every prompt once, longest group first
+
+
+def test_small_batches_keep_groups_of_four_but_use_every_replica() -> None:
+    def sizes(count: int) -> list[int]:
+        trackers = _trackers_of_lengths(list(range(10, 10 + count)))
+        return [len(g) for g in plan_groups(trackers, replicas=2, seq2seq=True)]
+
+    assert sizes(8) == [4, 4]
+    assert sizes(16) == [4, 4, 4, 4]
+    assert sizes(3) == [2, 1]
+    assert sizes(1) == [1]
+
+
+def test_one_token_prompts_get_their_own_group_across_replicas() -> None:
+    groups = _lengths(plan_groups(_trackers_of_lengths([1, 9, 1, 7, 8, 6]), 2, seq2seq=False))
+
+    assert groups[-1] == [1, 1]
+    assert all(1 not in group for group in groups[:-1])
+
+
+def test_one_replica_splits_decoder_batches_by_length_and_keeps_seq2seq_whole() -> None:
+    trackers = _trackers_of_lengths([40] * 16 + [300] * 16)
+
+    assert len(plan_groups(trackers, replicas=1, seq2seq=False)) == 2
+    assert len(plan_groups(trackers, replicas=1, seq2seq=True)) == 1
+
+
+def test_cpu_runs_one_single_threaded_replica_per_core() -> None:
+    cores = len(os.sched_getaffinity(0))
+
+    assert thread_layout("cpu", None, None) == (1, cores)
+    assert thread_layout("cpu", 0, None) == (0, 1)  # all cores on one batch
+    assert thread_layout("cpu", 2, None) == (2, max(1, cores // 2))
+    assert thread_layout("cpu", None, 3) == (1, 3)
+    assert thread_layout("cuda", None, None) == (1, 1)
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_batch_shared_by_replicas_matches_transformers(
+    family: str, replicas: int, engines: Callable, twin_cache_dir: Path, store_dir: Path
+) -> None:
+    source = resolve_source(f"twin:{FAMILY_TWINS[family]}@tiny", twin_cache_dir=twin_cache_dir)
+    settings = Settings(
+        store_dir=store_dir, device="cpu", quantization="float32", inter_threads=replicas
+    )
+    entry = ensure_converted(source, EngineKind.CTRANSLATE2, settings).entry
+    ct2 = open_engine(EngineKind.CTRANSLATE2, entry.path, source.family, settings)
+    assert ct2.replicas == replicas
+    texts = ["Hi", "Name a colour.", "Write a haiku about the sea.", "Count to three, slowly."]
+    texts += [f"Explain topic number {n} " + "in detail " * n for n in range(1, 8)]
+    prompts = [_prompt(ct2, text) for text in texts]
+
+    batched = [g.token_ids for g in _run(ct2, prompts)]
+    expected = [g.token_ids for g in _run(engines(family, EngineKind.TRANSFORMERS), prompts)]
+
+    assert batched == expected

@@ -45,7 +45,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         dest="intra_threads",
         type=non_negative_int,
         metavar="N",
-        help="threads per computation (0 = one per core)",
+        help="threads per batch computation (0 = one per core; default: the engine's choice)",
+    )
+    parser.add_argument(
+        "--inter-threads",
+        dest="inter_threads",
+        type=positive_int,
+        metavar="N",
+        help="batches computed side by side (CTranslate2 replicas; default: the engine's choice)",
     )
 
 

@@ -19,13 +19,15 @@ from dataclasses import dataclass
 
 import httpx
 
-from app.settings import Settings
+from app.engines.ctranslate2_engine import thread_layout
+from app.families import EngineKind
 from benchmarks.context import BenchContext
 from benchmarks.loadgen import CallResult, RequestSender
 from benchmarks.options import SystemName
 from benchmarks.results import SystemRun
 from benchmarks.servers import ServerProcess, free_port
 from benchmarks.systems.http_sweep import sweep_concurrency
+from benchmarks.systems.raw_engine import engine_kind
 
 _FORCING_PARAMETER = "min_new_tokens"
 
@@ -99,13 +101,15 @@ def _offers_length_forcing(base_url: str) -> bool:
 
 
 def _thread_settings(context: BenchContext) -> dict[str, int | str]:
-    """The server's thread settings: what `--lamini-env` sets, else the settings' defaults."""
-    return {
-        name: context.options.lamini_env.get(
-            f"LAMINI_{name.upper()}", str(Settings.model_fields[name].default)
-        )
+    """The server's thread layout: what `--lamini-env` sets, the engine's choice for the rest."""
+    given = {
+        name: context.options.lamini_env.get(f"LAMINI_{name.upper()}")
         for name in ("intra_threads", "inter_threads")
     }
+    intra, inter = (None if value is None else int(value) for value in given.values())
+    if engine_kind(context) is EngineKind.CTRANSLATE2:
+        intra, inter = thread_layout("cpu", intra, inter)
+    return {"intra_threads": intra or "one per core", "inter_threads": inter or 1}
 
 
 def _served_settings(base_url: str) -> dict[str, int | str]:
