@@ -83,7 +83,9 @@ class _Sweep:
         threads: ThreadConfig | None = None,
         static_prompt: bool = False,
     ) -> Measurement:
-        parallel = threads.inter if threads else 1
+        # Batch 1 is the single-request latency reference: one request at a time whatever the
+        # layout, in workload order (the order lamini-serve gets them in).
+        parallel = threads.inter if threads and batch_size > 1 else 1
         variant = (
             f"batch={batch_size}"
             + (f" threads={threads}" if threads else "")
@@ -91,10 +93,12 @@ class _Sweep:
         )
         # An offline batch job sorts its prompts by length before batching (CTranslate2's own
         # advice: less padding, fewer forced prompt steps); the ceiling gets that advantage,
-        # which an online server, taking requests as they come, cannot fully have.
+        # which an online server, taking requests as they come, cannot fully have. Unbatched,
+        # sorting would only bias the time-capped sample towards the shortest prompts.
+        prompts = self.context.timed(batch_size * parallel)
         timing = time_batches(
             runner_for(max_new_tokens, batch_size),
-            sorted(self.context.timed(batch_size * parallel), key=len),
+            sorted(prompts, key=len) if batch_size > 1 else prompts,
             batch_size,
             warmup_prompts=self.context.warmup(batch_size * parallel),
             time_budget_s=self.context.options.time_budget_s,
