@@ -384,3 +384,19 @@ def test_a_batch_shared_by_replicas_matches_transformers(
     expected = [g.token_ids for g in _run(engines(family, EngineKind.TRANSFORMERS), prompts)]
 
     assert batched == expected
+
+
+def test_the_alpaca_preamble_runs_as_a_cached_static_prompt_with_parity(engines: Callable) -> None:
+    ct2 = engines("lamini-gpt", EngineKind.CTRANSLATE2)
+    reference = engines("lamini-gpt", EngineKind.TRANSFORMERS)
+    preamble = ct2.static_prompt_ids
+    wrapped = [_prompt(ct2, text) for text in ("Name a colour.", "Write a haiku about rain.")]
+    unwrapped = ct2.encode("Plain text that does not start with the preamble")
+
+    assert len(preamble) >= 20
+    assert all(prompt[: len(preamble)] == preamble for prompt in wrapped)
+    assert engines("lamini-flan-t5", EngineKind.CTRANSLATE2).static_prompt_ids == []
+    for batch in (wrapped, [*wrapped, unwrapped]):  # cached prefix, and a group without it
+        assert [g.token_ids for g in _run(ct2, batch)] == [
+            g.token_ids for g in _run(reference, batch)
+        ]

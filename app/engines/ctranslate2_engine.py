@@ -185,6 +185,10 @@ def plan_groups(
     return groups + ([one_token] if one_token else [])
 
 
+# A format prefix shorter than this is not worth a cached state (OPT's lone `</s>`).
+STATIC_PROMPT_MIN_TOKENS = 8
+
+
 class CTranslate2Engine(Engine):
     """A CTranslate2 model directory from the store (converted by `conversion.ctranslate2`)."""
 
@@ -219,6 +223,7 @@ class CTranslate2Engine(Engine):
                 f"cannot load the CTranslate2 model in {model_dir}: {reason}"
             ) from None
         max_input, max_total = limits_from_config(SimpleNamespace(**config), self.tokenizer, family)
+        self.static_prompt_ids = self._static_prompt_ids()
         self.info = EngineInfo(
             kind=EngineKind.CTRANSLATE2,
             device=self.device,
@@ -227,8 +232,34 @@ class CTranslate2Engine(Engine):
             max_total_tokens=max_total,
         )
 
-    def _tokens(self, trackers: list[SequenceTracker]) -> list[list[str]]:
-        return [self.tokenizer.convert_ids_to_tokens(t.request.prompt_ids) for t in trackers]
+    def _static_prompt_ids(self) -> list[int]:
+        """The token ids every prompt of this family's format starts with (decoder-only).
+
+        The Alpaca wrapper's ~30-token preamble is the same for every LaMini decoder request;
+        passed as CTranslate2's `static_prompt` with `cache_static_prompt`, each replica computes
+        it once and reuses its state. The prefix's last token is left out: tokens may merge
+        across the boundary with the instruction, and each request is checked anyway.
+        """
+        prefix = self.family.prompt_format.static_prefix
+        if self.family.is_seq2seq or not prefix:
+            return []
+        ids = self.encode(prefix)[:-1]
+        return ids if len(ids) >= STATIC_PROMPT_MIN_TOKENS else []
+
+    def _tokens(self, trackers: list[SequenceTracker], skip: int = 0) -> list[list[str]]:
+        return [self.tokenizer.convert_ids_to_tokens(t.request.prompt_ids[skip:]) for t in trackers]
+
+    def _static_prompt_for(self, trackers: list[SequenceTracker]) -> list[int]:
+        """The static prompt ids if every prompt of the group starts with them (and keeps at
+        least two tokens after them: see the one-token quirk), else none."""
+        ids = self.static_prompt_ids
+        length = len(ids)
+        if ids and all(
+            t.request.prompt_ids[:length] == ids and len(t.request.prompt_ids) > length + 1
+            for t in trackers
+        ):
+            return ids
+        return []
 
     def _options(self, sampling: SamplingParams) -> dict[str, Any]:
         return _decoding_options(sampling, sorted(self.eos_token_ids))
@@ -287,12 +318,20 @@ class CTranslate2Engine(Engine):
         room = self.info.max_total_tokens - max(len(t.request.prompt_ids) for t in trackers)
         for tracker in trackers:
             tracker.cap(room)
+        static = self._static_prompt_for(trackers)
+        cached = (
+            {"static_prompt": self.tokenizer.convert_ids_to_tokens(static),
+             "cache_static_prompt": True}
+            if static
+            else {}
+        )  # fmt: skip
         return runtime.generate_batch(
-            self._tokens(trackers),
+            self._tokens(trackers, skip=len(static)),
             max_length=max(1, min(wanted, room)),
             min_length=sampling.min_new_tokens,
             include_prompt_in_result=False,
             callback=_feed(trackers),
             asynchronous=True,
+            **cached,
             **self._options(sampling),
         )
