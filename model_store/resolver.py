@@ -54,36 +54,34 @@ def choose_engine(family: Family, setting: str) -> EngineKind:
     return kind
 
 
+def _converted_engine_class(kind: EngineKind) -> type:
+    """The engine class for store entries of `kind` (imported on demand: each pulls in its
+    runtime, and a slim image may lack the ONNX one)."""
+    if kind is EngineKind.CTRANSLATE2:
+        from app.engines.ctranslate2_engine import CTranslate2Engine
+
+        return CTranslate2Engine
+    from app.engines.onnx_engine import OnnxEngine
+
+    return OnnxEngine
+
+
 def open_engine(
     kind: EngineKind, checkpoint_dir: Path, family: Family, settings: Settings
 ) -> Engine:
     """Open `checkpoint_dir` on the engine `kind`.
 
     For CTranslate2 and ONNX, `checkpoint_dir` is a model store entry (see `load_model`); its
-    manifest says the quantization. Each engine is imported on demand: each pulls in its runtime,
-    and a slim image may lack the ONNX one.
+    manifest says the quantization.
     """
-    if kind is EngineKind.CTRANSLATE2:
-        from app.engines.ctranslate2_engine import CTranslate2Engine
-
-        return CTranslate2Engine(
+    if kind in (EngineKind.CTRANSLATE2, EngineKind.ONNX):
+        return _converted_engine_class(kind)(
             checkpoint_dir,
             family,
             read_manifest(checkpoint_dir).quantization,
             device=settings.device,
             intra_threads=settings.intra_threads,
             inter_threads=settings.inter_threads,
-        )
-    if kind is EngineKind.ONNX:
-        from app.engines.onnx_engine import OnnxEngine
-
-        return OnnxEngine(
-            checkpoint_dir,
-            family,
-            read_manifest(checkpoint_dir).quantization,
-            device=settings.device,
-            intra_threads=settings.intra_threads or 0,
-            inter_threads=settings.inter_threads or 1,
         )
     if kind is EngineKind.TRANSFORMERS:
         from app.engines.transformers_engine import TransformersEngine
@@ -92,7 +90,7 @@ def open_engine(
             checkpoint_dir,
             family,
             device=resolve_device(settings.device),
-            threads=settings.intra_threads or 0,
+            threads=settings.intra_threads,
         )
     raise EngineUnavailableError(f"unknown engine {kind.value!r}")
 

@@ -44,15 +44,15 @@ class OnnxEngine(TransformersEngine):
         family: Family,
         quantization: str,
         device: str = "auto",
-        intra_threads: int = 0,
-        inter_threads: int = 1,
+        intra_threads: int | None = None,
+        inter_threads: int | None = None,
     ) -> None:
         self.family = family
         provider = resolve_onnx_provider(device)
         self.device = torch.device("cuda" if provider == _CUDA_PROVIDER else "cpu")
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = intra_threads
-        options.inter_op_num_threads = inter_threads
+        options.intra_op_num_threads = intra_threads or 0  # unset or 0: one per core
+        options.inter_op_num_threads = inter_threads or 1
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
             self.model = load_ort_model(

@@ -98,11 +98,11 @@ class TransformersEngine(Engine):
     """A Hugging Face checkpoint run by `transformers` in float32."""
 
     def __init__(
-        self, checkpoint_dir: Path, family: Family, device: str = "cpu", threads: int = 0
+        self, checkpoint_dir: Path, family: Family, device: str = "cpu", threads: int | None = None
     ) -> None:
         self.family = family
         self.device = torch.device(device)
-        if threads > 0:
+        if threads:  # unset or 0: torch's default, one per core
             torch.set_num_threads(threads)
         auto_model = AutoModelForSeq2SeqLM if family.is_seq2seq else AutoModelForCausalLM
         self.tokenizer = load_tokenizer(checkpoint_dir, family)
