@@ -1,16 +1,12 @@
 """Dynamic batching: one queue and one worker thread per model.
 
 Requests wait in a queue. When the engine is free, the worker lets the batch fill while
-requests keep arriving: it starts once the expected number of requests wait, once none has
-arrived for `batch_quiet_ms`, or at the latest `max_batch_wait_ms` after the engine became free
-(or after the oldest request arrived, if later). The expected number is what is queued when the
-engine frees up plus the requests it just answered whose clients are not back yet (clients that
-wait for an answer before sending again - closed-loop clients, worker pools - come back within
-tens of milliseconds; requests that arrived after the batch's first answer count as back),
-capped by `max_batch_size`; before the first batch it is `max_batch_size`. So a lone client
-never waits for company, and a batch does not start before the clients just answered are back:
-started without them, the load splits into two half-size batches that alternate for good
-(measured on 32 closed-loop clients: batches of ~16 instead of 32). The batch is the oldest
+requests keep arriving: it starts once `max_batch_size` requests wait, once none has arrived for
+`batch_quiet_ms`, or at the latest `max_batch_wait_ms` after the engine became free (or after the
+oldest request arrived, if later). Counting from the moment the engine frees up matters: the
+clients answered by the last batch send their next requests within tens of milliseconds, and a
+batch started before they arrive splits the load into two half-size batches that alternate for
+good (measured on 32 closed-loop clients: batches of ~16 instead of 32). The batch is the oldest
 request plus the queued ones with the same sampling parameters whose prompts are closest in
 length to it (less padding), within `max_batch_size` and `max_batch_tokens`. The oldest request
 always goes first, so nothing starves. Only the worker thread touches the engine.
@@ -55,7 +51,6 @@ class Ticket:
     enqueued_at: float
     future: Future[Generation] = field(default_factory=Future)
     started_at: float | None = None
-    resolved_at: float | None = None
     _cancelled: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -65,7 +60,6 @@ class Ticket:
     def resolve(self, generation: Generation) -> None:
         """Hand the result over (once): as soon as the sequence ends, or when its batch does."""
         if not self.future.done():
-            self.resolved_at = time.monotonic()
             self.future.set_result(generation)
 
     @property
@@ -85,7 +79,6 @@ class Batcher:
         self._condition = threading.Condition()
         self._closed = False
         self._engine_free_since = time.monotonic()
-        self._expected = limits.max_batch_size
         self._thread = threading.Thread(
             target=self._run, name=f"batcher-{metrics.model}", daemon=True
         )
@@ -155,9 +148,7 @@ class Batcher:
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
             self._execute(batch)
-            with self._condition:
-                self._engine_free_since = time.monotonic()
-                self._expected = self._expected_after(batch)
+            self._engine_free_since = time.monotonic()
 
     def _next_batch(self) -> list[Ticket] | None:
         """Block until a batch is ready; None once closed."""
@@ -178,19 +169,11 @@ class Batcher:
             self._metrics.set_queue_size(len(self._queue))
             return batch
 
-    def _expected_after(self, batch: list[Ticket]) -> int:
-        """How many requests the next batch waits for (lock held; see the module docstring)."""
-        answered = [t.resolved_at for t in batch if t.resolved_at is not None]
-        first_answer = min(answered, default=self._engine_free_since)
-        back = sum(1 for t in self._queue if t.enqueued_at >= first_answer)
-        away = len(answered) - min(len(answered), back)
-        return max(1, min(self._limits.max_batch_size, len(self._queue) + away))
-
     def _let_batch_fill(self) -> None:
         """Wait (lock held) while requests keep coming, within the limits above."""
         limits = self._limits
         latest = max(self._queue[0].enqueued_at, self._engine_free_since) + limits.max_batch_wait_s
-        while self._queue and len(self._queue) < self._expected and not self._closed:
+        while self._queue and len(self._queue) < limits.max_batch_size and not self._closed:
             last_arrival = max(self._queue[-1].enqueued_at, self._engine_free_since)
             remaining = min(latest, last_arrival + limits.batch_quiet_s) - time.monotonic()
             if remaining <= 0:

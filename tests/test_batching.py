@@ -201,14 +201,3 @@ def test_requests_sent_right_after_a_batch_ends_join_the_ones_queued_during_it(
     assert queued.started_at is not None
     assert queued.started_at - queued.enqueued_at > 0.05  # it queued longer than the window
     assert queued.started_at == follow_up.started_at
-
-
-def test_a_lone_client_does_not_wait_for_company_after_its_own_answer(
-    loaded: LoadedModel, metrics: Metrics
-) -> None:
-    with make_batcher(loaded, metrics, max_batch_wait_s=3.0, batch_quiet_s=1.0) as batcher:
-        batcher.submit(prompt(loaded, "Hello"), 2, GREEDY).future.result(timeout=60)
-        follow_up = batcher.submit(prompt(loaded, "Hello again"), 2, GREEDY)
-        follow_up.future.result(timeout=60)
-    assert follow_up.started_at is not None
-    assert follow_up.started_at - follow_up.enqueued_at < 0.5  # not the 1 s quiet window
