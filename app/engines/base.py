@@ -202,6 +202,15 @@ class SequenceTracker:
         )
 
 
+def cut_longest_first(trackers: list[SequenceTracker], count: int) -> list[list[SequenceTracker]]:
+    """`trackers` sorted by prompt length, longest first, cut into `count` equal groups (the
+    last may be smaller). Similar lengths share a group, which spares padding; the longest group
+    goes first so that it never runs alone at the end."""
+    ordered = sorted(trackers, key=lambda t: len(t.request.prompt_ids), reverse=True)
+    size = max(1, math.ceil(len(ordered) / max(count, 1)))
+    return [ordered[start : start + size] for start in range(0, len(ordered), size)]
+
+
 @dataclass(frozen=True)
 class EngineInfo:
     """What `/info` and the logs say about a loaded engine."""

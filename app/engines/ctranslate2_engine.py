@@ -38,6 +38,7 @@ from app.engines.base import (
     EngineInfo,
     SamplingParams,
     SequenceTracker,
+    cut_longest_first,
     limits_from_config,
 )
 from app.errors import ModelSourceError
@@ -180,9 +181,7 @@ def plan_groups(
         min(len(longer), replicas),
         min(len(longer) // MIN_GROUP_SIZE, GROUPS_PER_REPLICA * replicas),
     )
-    size = max(1, math.ceil(len(longer) / max(count, 1)))
-    groups = [longer[start : start + size] for start in range(0, len(longer), size)]
-    return groups + ([one_token] if one_token else [])
+    return cut_longest_first(longer, count) + ([one_token] if one_token else [])
 
 
 # A format prefix shorter than this is not worth a cached state (OPT's lone `</s>`).

@@ -252,6 +252,7 @@ def _onnx_runner(
 
 
 def _run_onnx(context: BenchContext, run: SystemRun) -> None:
+    import torch
     from transformers import AutoTokenizer
 
     family = context.source.family
@@ -260,6 +261,10 @@ def _run_onnx(context: BenchContext, run: SystemRun) -> None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right" if family.is_seq2seq else "left"
     run.threads["onnxruntime_intra_op"] = f"default (one per core: {os.cpu_count()})"
+    # As in lamini-serve's ONNX engine: torch only runs the per-step glue, and its OpenMP threads
+    # would spin against ONNX Runtime's pool.
+    torch.set_num_threads(1)
+    run.threads["torch_intra_op"] = "1 (generation glue only)"
     for quantization in context.options.quantizations:
         path = _convert(context, EngineKind.ONNX, quantization, run)
         started = time.perf_counter()
