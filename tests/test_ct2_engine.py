@@ -7,6 +7,7 @@ same whichever engine runs. Includes the CTranslate2 one-token-prompt quirk.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import shutil
@@ -24,7 +25,12 @@ from app.engines.base import (
     SamplingParams,
     SequenceTracker,
 )
-from app.engines.ctranslate2_engine import plan_groups, split_by_length, thread_layout
+from app.engines.ctranslate2_engine import (
+    REPLICA_STEP_OVERHEAD_IN_SEQUENCES,
+    plan_groups,
+    split_by_length,
+    thread_layout,
+)
 from app.engines.transformers_engine import TransformersEngine
 from app.families import EngineKind, get_family
 from app.settings import Settings
@@ -320,13 +326,26 @@ def _lengths(groups: list[list[SequenceTracker]]) -> list[list[int]]:
     return [[len(t.request.prompt_ids) for t in group] for group in groups]
 
 
-def test_replicas_get_length_sorted_groups_longest_first() -> None:
+def test_replicas_get_groups_of_neighbouring_lengths_costliest_first() -> None:
     lengths = [37, 393, 52, 66, 120, 48, 81, 190, 55, 70, 46, 136, 51, 93, 61, 175] * 2
-    groups = _lengths(plan_groups(_trackers_of_lengths(lengths), replicas=2, seq2seq=False))
+    trackers = _trackers_of_lengths(lengths)
+    groups = _lengths(plan_groups(trackers, replicas=2, seq2seq=False))
 
-    assert [len(g) for g in groups] == [8, 8, 8, 8]  # two groups per replica
-    flat = [length for group in groups for length in group]
-    assert flat == sorted(lengths, reverse=True)  # every prompt once, longest group first
+    assert len(groups) >= 2
+    assert sorted(x for group in groups for x in group) == sorted(lengths)  # each prompt once
+    # Groups are runs of the length-sorted batch: no two groups' length ranges interleave.
+    ranges = sorted((min(group), max(group)) for group in groups)
+    assert all(high <= next_low for (_, high), (next_low, _) in itertools.pairwise(ranges))
+    # The far outliers run alone rather than force ~200 prompt steps on their neighbours.
+    assert [393, 393] in groups
+    costs = [(max(g) - min(g) + 64) * (len(g) + REPLICA_STEP_OVERHEAD_IN_SEQUENCES) for g in groups]
+    assert costs == sorted(costs, reverse=True)
+
+
+def test_every_replica_gets_a_group_even_when_the_lengths_are_equal() -> None:
+    groups = _lengths(plan_groups(_trackers_of_lengths([50] * 8), replicas=2, seq2seq=False))
+
+    assert sorted(len(g) for g in groups) == [4, 4]
 
 
 def test_small_batches_keep_groups_of_four_but_use_every_replica() -> None:
@@ -343,8 +362,8 @@ def test_small_batches_keep_groups_of_four_but_use_every_replica() -> None:
 def test_one_token_prompts_get_their_own_group_across_replicas() -> None:
     groups = _lengths(plan_groups(_trackers_of_lengths([1, 9, 1, 7, 8, 6]), 2, seq2seq=False))
 
-    assert groups[-1] == [1, 1]
-    assert all(1 not in group for group in groups[:-1])
+    assert [1, 1] in groups
+    assert all(1 not in group for group in groups if group != [1, 1])
 
 
 def test_one_replica_splits_decoder_batches_by_length_and_keeps_seq2seq_whole() -> None:

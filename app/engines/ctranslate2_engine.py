@@ -111,37 +111,48 @@ def thread_layout(device: str, intra: int | None, inter: int | None) -> tuple[in
     return intra, inter
 
 
-# The fixed cost of one decoding step, in units of one sequence's share of it. Small batches
-# forcing prompt tokens use the cores badly, so splitting only pays for real outliers.
-# Measured (GPT-124M int8, 2 cores, 32 self-instruct prompts of 37-393 tokens, 64 new tokens):
-# one batch 206 tok/s; with this constant at 16: ~240, 64: 272, 128: 291, 256: 286.
+# The fixed cost of one decoding step, in units of one sequence's share of it: the larger, the
+# fewer groups a decoder batch is split into. A replica on one thread pays little per step, so
+# splitting pays sooner than for one batch on every core.
+# Measured (GPT-124M int8, 2 cores, self-instruct prompts of 37-393 tokens, 64 new tokens):
+# one replica on 2 threads, 32 prompts: one batch 206 tok/s; 16: ~240, 64: 272, 128: 291, 256:
+# 286. Two single-threaded replicas, tok/s at 8 / 16 / 32 shuffled prompts per batch: equal
+# groups (two per replica, at least four prompts) 185 / 268 / 365; this split with 8: 291 /
+# 401 / 492, 16: 290 / 394 / 500, 32: 291 / 374 / -.
 STEP_OVERHEAD_IN_SEQUENCES = 128
+REPLICA_STEP_OVERHEAD_IN_SEQUENCES = 12
 
 
-def split_by_length(trackers: list[SequenceTracker]) -> list[list[SequenceTracker]]:
-    """Split a decoder-only batch into sub-batches of similar prompt length, run one by one.
+def _group_cost(group: list[SequenceTracker], step_overhead: int) -> int:
+    """Estimated cost of one length-sorted decoder group: its decoding steps (prompt spread
+    forced token by token, plus the longest output) times its size plus the step overhead."""
+    spread = len(group[-1].request.prompt_ids) - len(group[0].request.prompt_ids)
+    steps = spread + max(t.request.max_new_tokens for t in group)
+    return steps * (len(group) + step_overhead)
+
+
+def split_by_length(
+    trackers: list[SequenceTracker], step_overhead: int = STEP_OVERHEAD_IN_SEQUENCES
+) -> list[list[SequenceTracker]]:
+    """Split a decoder-only batch into sub-batches of similar prompt length.
 
     `Generator.generate_batch(include_prompt_in_result=False)` feeds every prompt at once only
     up to the batch's shortest prompt; the rest of each longer prompt is forced through the
     decoding loop one token per step, and every such step costs as much as generating. With
     real instructions (30 to 300 tokens) one mixed batch can spend more steps forcing prompts
-    than generating. This picks the partition of the length-sorted batch with the fewest
-    estimated step costs: sum over groups of (length spread + new tokens) x (group size +
-    STEP_OVERHEAD_IN_SEQUENCES). One-token prompts never share a group with longer ones (with
-    a one-token shortest prompt CTranslate2 reports the forced tokens as generated).
+    than generating. This picks the partition of the length-sorted batch with the lowest sum
+    of `_group_cost`. One-token prompts never share a group with longer ones (with a one-token
+    shortest prompt CTranslate2 reports the forced tokens as generated).
     """
     ordered = sorted(trackers, key=lambda t: len(t.request.prompt_ids))
     lengths = [len(t.request.prompt_ids) for t in ordered]
     best = [0.0] + [math.inf] * len(ordered)
     group_start = [0] * (len(ordered) + 1)
     for end in range(1, len(ordered) + 1):
-        longest_output = 0
         for start in range(end - 1, -1, -1):
-            longest_output = max(longest_output, ordered[start].request.max_new_tokens)
             if lengths[start] == 1 and lengths[end - 1] > 1:
                 break
-            steps = lengths[end - 1] - lengths[start] + longest_output
-            cost = best[start] + steps * (end - start + STEP_OVERHEAD_IN_SEQUENCES)
+            cost = best[start] + _group_cost(ordered[start:end], step_overhead)
             if cost < best[end]:
                 best[end], group_start[end] = cost, start
     groups: list[list[SequenceTracker]] = []
@@ -152,11 +163,19 @@ def split_by_length(trackers: list[SequenceTracker]) -> list[list[SequenceTracke
     return groups[::-1]
 
 
-# How several replicas share a batch: up to two groups per replica, of at least four prompts
-# while the batch allows (but never fewer groups than replicas). Measured on 2 replicas (int8,
-# 2 cores, shuffled self-instruct prompts, 64 new tokens) as tok/s for 2 / 4 / 8 groups:
-# LaMini-GPT-124M at 32 prompts 357 / 413 / 351, at 16 prompts 265 / 279 / 216, at 8 prompts
-# 200 / 199 / 148; LaMini-Flan-T5-248M at 32 prompts 633 / 664 / -, at 8 prompts 450 / 290 / -.
+def _halve_largest_until(groups: list[list[SequenceTracker]], count: int) -> None:
+    """Split the largest group in two until there are `count` groups (or only singles)."""
+    while len(groups) < count and max(len(g) for g in groups) > 1:
+        largest = max(groups, key=len)
+        groups.remove(largest)
+        half = math.ceil(len(largest) / 2)
+        groups += [largest[:half], largest[half:]]
+
+
+# How several replicas share an encoder-decoder batch: up to two groups per replica, of at least
+# four prompts while the batch allows (but never fewer groups than replicas). Measured on 2
+# replicas (LaMini-Flan-T5-248M int8, 2 cores, shuffled self-instruct prompts, 64 new tokens) as
+# tok/s for 2 / 4 groups: 633 / 664 at 32 prompts, 450 / 290 at 8 prompts.
 GROUPS_PER_REPLICA = 2
 MIN_GROUP_SIZE = 4
 
@@ -164,24 +183,28 @@ MIN_GROUP_SIZE = 4
 def plan_groups(
     trackers: list[SequenceTracker], replicas: int, seq2seq: bool
 ) -> list[list[SequenceTracker]]:
-    """Cut a batch into the sub-batches the replicas compute, longest prompts first.
+    """Cut a batch into the sub-batches the replicas compute, costliest first (so that the
+    longest group does not start last and run alone).
 
-    One replica: decoder batches are split by `split_by_length`, encoder-decoder ones (whose
-    encoder takes every prompt at once) stay whole. Several replicas: the batch sorted by
-    prompt length (longest first, so the longest group does not start last and run alone) is
-    cut into equal groups (see `GROUPS_PER_REPLICA`); similar lengths share a group, which also
-    spares padding and forced prompt steps. One-token decoder prompts get their own group.
+    Decoder batches are split by `split_by_length` (with the replica step overhead when there
+    are several), and the largest groups halved until every replica has one. Encoder-decoder
+    batches (whose encoder takes every prompt at once) stay whole on one replica; on several
+    they are sorted by length and cut into equal groups (see `GROUPS_PER_REPLICA`).
     """
+    if seq2seq:
+        if replicas == 1:
+            return [trackers]
+        count = max(
+            min(len(trackers), replicas),
+            min(len(trackers) // MIN_GROUP_SIZE, GROUPS_PER_REPLICA * replicas),
+        )
+        return cut_longest_first(trackers, count)
     if replicas == 1:
-        return [trackers] if seq2seq else split_by_length(trackers)
-    ordered = sorted(trackers, key=lambda t: len(t.request.prompt_ids), reverse=True)
-    one_token = [] if seq2seq else [t for t in ordered if len(t.request.prompt_ids) == 1]
-    longer = ordered[: len(ordered) - len(one_token)]
-    count = max(
-        min(len(longer), replicas),
-        min(len(longer) // MIN_GROUP_SIZE, GROUPS_PER_REPLICA * replicas),
-    )
-    return cut_longest_first(longer, count) + ([one_token] if one_token else [])
+        return split_by_length(trackers)
+    step_overhead = REPLICA_STEP_OVERHEAD_IN_SEQUENCES
+    groups = split_by_length(trackers, step_overhead)
+    _halve_largest_until(groups, min(len(trackers), replicas))
+    return sorted(groups, key=lambda g: _group_cost(g, step_overhead), reverse=True)
 
 
 # A format prefix shorter than this is not worth a cached state (OPT's lone `</s>`).
