@@ -11,12 +11,13 @@ shortest prompt is a single token - then the forced prompt tokens come back as i
 One-token prompts therefore run as their own batch when the lengths are mixed.
 
 On CPU the model runs as one single-threaded replica per core (`inter_threads` = cores,
-`intra_threads` = 1) and each batch is cut into length-sorted groups that the replicas compute
-side by side. These models are too small for one batch to use two cores well: measured on 2
-cores (int8, 64 new tokens, 32 shuffled self-instruct prompts), LaMini-Flan-T5-248M made 442
-tok/s as one batch on both cores and 664 tok/s as four groups on two replicas; LaMini-GPT-124M
-273 (one batch), 313 (length split, one replica) and 413 (four groups, two replicas); a single
-request took 0.84 s on one thread and 0.95 s on two (Flan-T5-248M).
+`intra_threads` = 1) and each batch is cut into groups of similar prompt length that the
+replicas compute side by side (`plan_groups`). These models are too small for one batch to
+use two cores well: measured on 2 cores (int8, 64 new tokens, 32 shuffled self-instruct
+prompts), LaMini-Flan-T5-248M made 442 tok/s as one batch on both cores and 664 tok/s as four
+groups on two replicas; LaMini-GPT-124M 273 (one batch), 413 (four equal groups, two replicas)
+and about 500 (groups cut where prompt lengths jump); a single request took 0.84 s on one
+thread and 0.95 s on two (Flan-T5-248M).
 """
 
 from __future__ import annotations
