@@ -124,12 +124,17 @@ STEP_OVERHEAD_IN_SEQUENCES = 128
 REPLICA_STEP_OVERHEAD_IN_SEQUENCES = 12
 
 
+def _step_cost(steps: int, size: int, step_overhead: int) -> int:
+    """Estimated cost of a decoder group of `size` rows running `steps` decoding steps (its
+    prompt spread, forced token by token, plus its longest output)."""
+    return steps * (size + step_overhead)
+
+
 def _group_cost(group: list[SequenceTracker], step_overhead: int) -> int:
-    """Estimated cost of one length-sorted decoder group: its decoding steps (prompt spread
-    forced token by token, plus the longest output) times its size plus the step overhead."""
+    """`_step_cost` of one length-sorted decoder group."""
     spread = len(group[-1].request.prompt_ids) - len(group[0].request.prompt_ids)
     steps = spread + max(t.request.max_new_tokens for t in group)
-    return steps * (len(group) + step_overhead)
+    return _step_cost(steps, len(group), step_overhead)
 
 
 def split_by_length(
@@ -142,18 +147,21 @@ def split_by_length(
     decoding loop one token per step, and every such step costs as much as generating. With
     real instructions (30 to 300 tokens) one mixed batch can spend more steps forcing prompts
     than generating. This picks the partition of the length-sorted batch with the lowest sum
-    of `_group_cost`. One-token prompts never share a group with longer ones (with a one-token
-    shortest prompt CTranslate2 reports the forced tokens as generated).
+    of `_step_cost` over its groups. One-token prompts never share a group with longer ones
+    (with a one-token shortest prompt CTranslate2 reports the forced tokens as generated).
     """
     ordered = sorted(trackers, key=lambda t: len(t.request.prompt_ids))
     lengths = [len(t.request.prompt_ids) for t in ordered]
     best = [0.0] + [math.inf] * len(ordered)
     group_start = [0] * (len(ordered) + 1)
     for end in range(1, len(ordered) + 1):
+        longest_output = 0
         for start in range(end - 1, -1, -1):
+            longest_output = max(longest_output, ordered[start].request.max_new_tokens)
             if lengths[start] == 1 and lengths[end - 1] > 1:
                 break
-            cost = best[start] + _group_cost(ordered[start:end], step_overhead)
+            steps = lengths[end - 1] - lengths[start] + longest_output
+            cost = best[start] + _step_cost(steps, end - start, step_overhead)
             if cost < best[end]:
                 best[end], group_start[end] = cost, start
     groups: list[list[SequenceTracker]] = []
