@@ -2,7 +2,11 @@
 and the issue's targets checked against them.
 
 The raw engine's reference is its best row with or without the cached static prompt:
-lamini-serve caches the prompt format's preamble too, so the ceiling must have it.
+lamini-serve caches the prompt format's preamble too, so the ceiling must have it. The 0.9x
+target bounds the server's own cost, so it compares against the raw engine given the work the
+clients give the server: at most as many sequences in flight as there are clients (32 clients
+never make a batch of 64). The raw engine's best at any depth - an offline job sorting hundreds
+of prompts and keeping 128 in flight - is reported beside it, without a target.
 """
 
 from __future__ import annotations
@@ -28,28 +32,36 @@ class Comparison:
     lamini: float
     other: float
     ratio: float
-    target: float
+    target: float | None  # None: reported for information
     higher_is_better: bool
     lamini_variant: str
     other_variant: str
 
     @property
-    def met(self) -> bool:
+    def met(self) -> bool | None:
+        if self.target is None:
+            return None
         if math.isnan(self.ratio):
             return False
         return self.ratio >= self.target if self.higher_is_better else self.ratio <= self.target
 
 
 def best_measurement(
-    runs: Iterable[SystemRun], system: SystemName, **fields: object
+    runs: Iterable[SystemRun],
+    system: SystemName,
+    max_in_flight: int | None = None,
+    **fields: object,
 ) -> Measurement | None:
-    """The highest-throughput measurement of `system` whose fields equal `fields`."""
+    """The highest-throughput measurement of `system` whose fields equal `fields` (and, with
+    `max_in_flight`, that computed at most that many sequences at once)."""
     matches = [
         m
         for run in runs
         if run.system is system and run.ok
         for m in run.measurements
-        if m.requests and all(getattr(m, name) == value for name, value in fields.items())
+        if m.requests
+        and all(getattr(m, name) == value for name, value in fields.items())
+        and (max_in_flight is None or (m.in_flight is not None and m.in_flight <= max_in_flight))
     ]
     return max(matches, key=lambda m: m.tokens_per_s, default=None)
 
@@ -69,16 +81,18 @@ def _throughput_comparisons(
         concurrency=at,
         streaming=False,
     )
-    baselines: list[tuple[str, SystemName, dict[str, object], float]] = [
+    raw = {"quantization": quantization}
+    baselines: list[tuple[str, SystemName, dict[str, object], float | None]] = [
         ("vs sequential pipeline", SystemName.PIPELINE, {}, 10),
         ("vs best batched pipeline", SystemName.PIPELINE_BATCHED, {}, 3),
         (f"vs LitServe c={at}", SystemName.LITSERVE, {"concurrency": at, "streaming": False}, 3),
         (
-            "vs raw engine best batch",
+            f"vs raw engine best, <= {at} in flight",
             SystemName.RAW_ENGINE,
-            {"quantization": quantization},
+            {**raw, "max_in_flight": at},
             0.9,
         ),
+        ("vs raw engine best, any depth", SystemName.RAW_ENGINE, raw, None),
     ]
     comparisons = []
     for name, system, fields, target in baselines:

@@ -75,6 +75,7 @@ def to_measurement(
     quantization: str,
     max_new_tokens: int,
     batch_size: int,
+    parallel: int = 1,
     static_prompt: bool = False,
 ) -> Measurement:
     return Measurement(
@@ -83,6 +84,7 @@ def to_measurement(
         quantization=quantization,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
+        in_flight=batch_size * parallel,
         static_prompt=static_prompt,
         wall_s=timing.wall_s,
         generated_tokens=sum(timing.token_counts),

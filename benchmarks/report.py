@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from benchmarks.comparison import Comparison, best_measurement, compare
+from benchmarks.comparison import Comparison, best_measurement, compare, reference_concurrency
 from benchmarks.options import BenchOptions, SystemName
 from benchmarks.results import Measurement, SystemRun
 
@@ -90,6 +90,12 @@ def _measurement_row(m: Measurement) -> list[str]:
     ]
 
 
+def _target_text(comparison: Comparison) -> str:
+    if comparison.target is None:
+        return "- (information)"
+    return ("≥ " if comparison.higher_is_better else "≤ ") + f"{comparison.target:g}"
+
+
 def markdown(report: BenchReport) -> str:
     machine = report.machine
     lines = [
@@ -119,8 +125,8 @@ def markdown(report: BenchReport) -> str:
                 f"{_fmt(c.lamini, 3)} ({c.lamini_variant})",
                 f"{_fmt(c.other, 3)} ({c.other_variant})",
                 _fmt(c.ratio, 2),
-                ("≥ " if c.higher_is_better else "≤ ") + f"{c.target:g}",
-                "yes" if c.met else "**no**",
+                _target_text(c),
+                {None: "-", True: "yes", False: "**no**"}[c.met],
             ]
             for c in report.comparisons()
         ),
@@ -176,6 +182,7 @@ def plot_throughput(report: BenchReport, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     lengths = report.options.max_new_tokens
+    at = reference_concurrency(report.options.concurrency)
     figure, axes = plt.subplots(1, len(lengths), figsize=(7 * len(lengths), 5), squeeze=False)
     for axis, n in zip(axes[0], lengths, strict=True):
         for run in report.systems:
@@ -207,16 +214,16 @@ def plot_throughput(report: BenchReport, path: Path) -> None:
             ),
         ] + [
             (
-                f"raw engine {q} (best batch)",
+                f"raw engine {q} ({label})",
                 _best_tokens_per_s(
-                    report,
-                    SystemName.RAW_ENGINE,
-                    max_new_tokens=n,
-                    quantization=q,
-                    static_prompt=False,
+                    report, SystemName.RAW_ENGINE, max_new_tokens=n, quantization=q, **depth
                 ),
             )
             for q in report.options.quantizations
+            for label, depth in (
+                ("best batch", {}),
+                (f"<= {at} in flight", {"max_in_flight": at}),
+            )
         ]
         for style, (label, value) in zip(_BASELINE_STYLES, baselines, strict=False):
             if not math.isnan(value):

@@ -34,6 +34,10 @@ class Measurement(BaseModel):
     max_new_tokens: int
     batch_size: int | None = None
     concurrency: int | None = None
+    in_flight: int | None = Field(
+        default=None,
+        description="sequences computed at once (the raw engine: batch size x parallel batches)",
+    )
     streaming: bool = False
     static_prompt: bool = Field(
         default=False, description="CTranslate2 static_prompt: the shared prefix state is cached"

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from app.families import get_family
+from benchmarks.comparison import compare
 from benchmarks.options import DEFAULT_INSTRUCTIONS, SystemName
-from benchmarks.results import percentile
+from benchmarks.results import Measurement, SystemRun, percentile
 from benchmarks.workload import build_workload, read_instructions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -105,8 +106,10 @@ def test_quick_run_measures_every_system_sanely(quick_run) -> None:
     assert any(key.startswith("store_hit_start") for key in lamini["cold_start_s"])
     assert any(m["static_prompt"] for m in systems["raw-engine"]["measurements"])
     names = {c["name"] for c in report["comparisons"]}
-    assert len(names) == 5, names
+    assert len(names) == 6, names
     assert all(c["ratio"] > 0 for c in report["comparisons"])
+    matched = [c for c in report["comparisons"] if "in flight" in c["name"]]
+    assert matched and all(c["target"] == 0.9 for c in matched)
 
 
 @pytest.mark.parametrize(
@@ -149,3 +152,37 @@ def test_workload_joins_instruction_and_input_and_wraps_for_the_family() -> None
 def test_percentile_matches_numpy(fraction: float) -> None:
     samples = [0.3, 0.1, 0.7, 0.2, 0.9, 0.4, 1.5]
     assert percentile(samples, fraction) == pytest.approx(np.percentile(samples, fraction * 100))
+
+
+def _throughput_row(system: SystemName, variant: str, tokens: int, **fields: object) -> Measurement:
+    return Measurement(
+        system=system,
+        variant=variant,
+        quantization="int8",
+        max_new_tokens=64,
+        wall_s=1.0,
+        generated_tokens=tokens,
+        latencies_s=[1.0],
+        **fields,
+    )
+
+
+def test_raw_engine_target_is_at_the_clients_depth_and_the_deepest_batch_is_information() -> None:
+    raw = SystemRun(
+        system=SystemName.RAW_ENGINE,
+        measurements=[
+            _throughput_row(SystemName.RAW_ENGINE, "batch=16 x2", 400, batch_size=16, in_flight=32),
+            _throughput_row(
+                SystemName.RAW_ENGINE, "batch=64 x2", 600, batch_size=64, in_flight=128
+            ),
+        ],
+    )
+    lamini = SystemRun(
+        system=SystemName.LAMINI,
+        measurements=[_throughput_row(SystemName.LAMINI, "c=32", 380, concurrency=32)],
+    )
+    by_name = {c.name: c for c in compare([raw, lamini], [64], ["int8"], [1, 32])}
+    matched = by_name["throughput c=32 vs raw engine best, <= 32 in flight"]
+    assert (matched.other, matched.target, matched.met) == (400, 0.9, True)
+    deepest = by_name["throughput c=32 vs raw engine best, any depth"]
+    assert (deepest.other, deepest.target, deepest.met) == (600, None, None)

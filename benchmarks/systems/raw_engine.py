@@ -111,6 +111,7 @@ class _Sweep:
             quantization=self.quantization,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
+            parallel=parallel,
             static_prompt=static_prompt,
         )
         announce(measurement)
