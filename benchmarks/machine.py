@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from importlib import metadata
 
 import psutil
@@ -45,6 +46,27 @@ def _version(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "not installed"
+
+
+_PROBE_LOOPS = 1_000_000
+
+
+def cpu_speed_probe() -> float:
+    """Millions of iterations per second of a fixed single-threaded Python loop (best of three).
+
+    A yardstick, not a benchmark: a virtual machine's speed drifts with its host (seen here:
+    one CTranslate2 request took 0.57 s and ten minutes later 0.77 s on an idle guest), so the
+    run measures it before and after every system; ratios between systems measured at
+    different speeds carry that difference.
+    """
+    best = 0.0
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(_PROBE_LOOPS):
+            total += i
+        best = max(best, _PROBE_LOOPS / (time.perf_counter() - started) / 1e6)
+    return round(best, 2)
 
 
 def machine_facts() -> dict[str, object]:

@@ -90,6 +90,19 @@ def _measurement_row(m: Measurement) -> list[str]:
     ]
 
 
+def _speed_drift(report: BenchReport) -> list[str]:
+    """A sentence on how much the machine's speed moved during the run, if it was probed."""
+    speeds = [speed for run in report.systems for speed in run.cpu_speed]
+    if not speeds:
+        return []
+    spread = max(speeds) / min(speeds) - 1
+    return [
+        f"CPU speed probe (`benchmarks.machine.cpu_speed_probe`, M loops/s) before and after "
+        f"each system: {min(speeds):g} to {max(speeds):g}, a {spread:.0%} spread; ratios between "
+        "systems measured at different speeds carry that difference."
+    ]
+
+
 def _target_text(comparison: Comparison) -> str:
     if comparison.target is None:
         return "- (information)"
@@ -131,14 +144,24 @@ def markdown(report: BenchReport) -> str:
             for c in report.comparisons()
         ),
     )
-    lines += ["", "## Systems", ""]
+    lines += ["", "## Systems", "", *_speed_drift(report), ""]
     lines += _table(
-        ["system", "ok", "run (s)", "peak RSS MiB", "threads, settings", "cold start (s)", "notes"],
+        [
+            "system",
+            "ok",
+            "run (s)",
+            "CPU probe before / after",
+            "peak RSS MiB",
+            "threads, settings",
+            "cold start (s)",
+            "notes",
+        ],
         (
             [
                 run.system.value,
                 "yes" if run.ok else f"**failed**: {run.error}",
                 _fmt(run.wall_s or math.nan, 0),
+                " / ".join(f"{speed:g}" for speed in run.cpu_speed) or "-",
                 _fmt(run.peak_rss_mb or math.nan, 0),
                 ", ".join(f"{k}: {v}" for k, v in {**run.threads, **run.settings}.items()) or "-",
                 ", ".join(f"{k} {v:.1f}" for k, v in run.cold_start_s.items()) or "-",

@@ -118,5 +118,9 @@ class SystemRun(BaseModel):
         default_factory=dict,
         description="conversion / first load / store-hit load times, per quantisation",
     )
+    cpu_speed: list[float] = Field(
+        default_factory=list,
+        description="machine.cpu_speed_probe (M loops/s) before and after the system ran",
+    )
     notes: list[str] = Field(default_factory=list)
     measurements: list[Measurement] = Field(default_factory=list)

@@ -89,6 +89,7 @@ def test_quick_run_measures_every_system_sanely(quick_run) -> None:
         assert run["ok"], (name, run["error"])
         assert run["peak_rss_mb"] > 50, name
         assert run["cold_start_s"], name
+        assert len(run["cpu_speed"]) == 2 and min(run["cpu_speed"]) > 0, name
         assert run["measurements"], name
         for m in run["measurements"]:
             assert m["errors"] == 0, (name, m["first_error"])
