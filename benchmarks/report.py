@@ -91,7 +91,7 @@ def _measurement_row(m: Measurement) -> list[str]:
 
 
 def _speed_drift(report: BenchReport) -> list[str]:
-    """A sentence on how much the machine's speed moved during the run, if it was probed."""
+    """A paragraph on how much the machine's speed moved during the run, if it was probed."""
     speeds = [speed for run in report.systems for speed in run.cpu_speed]
     if not speeds:
         return []
@@ -99,7 +99,8 @@ def _speed_drift(report: BenchReport) -> list[str]:
     return [
         f"CPU speed probe (`benchmarks.machine.cpu_speed_probe`, M loops/s) before and after "
         f"each system: {min(speeds):g} to {max(speeds):g}, a {spread:.0%} spread; ratios between "
-        "systems measured at different speeds carry that difference."
+        "systems measured at different speeds carry that difference.",
+        "",
     ]
 
 
@@ -144,7 +145,7 @@ def markdown(report: BenchReport) -> str:
             for c in report.comparisons()
         ),
     )
-    lines += ["", "## Systems", "", *_speed_drift(report), ""]
+    lines += ["", "## Systems", "", *_speed_drift(report)]
     lines += _table(
         [
             "system",
@@ -244,7 +245,7 @@ def plot_throughput(report: BenchReport, path: Path) -> None:
             )
             for q in report.options.quantizations
             for label, depth in (
-                ("best batch", {}),
+                ("best, any depth", {}),
                 (f"<= {at} in flight", {"max_in_flight": at}),
             )
         ]
