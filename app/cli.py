@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from app.commands import COMMANDS
-from app.errors import LaminiError
+from app.core.errors import LaminiError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,14 +18,14 @@ from importlib.metadata import version
 
 from fastapi import FastAPI
 
-from app.api import install_routes
-from app.auth import install_access_control
-from app.generation import ServedModel
-from app.metrics import Metrics
-from app.middleware import BodyGuardMiddleware, RequestContextMiddleware
-from app.openai_api import router as openai_router
-from app.service_errors import ModelNotFoundError, UnavailableError
+from app.http.auth import install_access_control
+from app.http.middleware import BodyGuardMiddleware, RequestContextMiddleware
+from app.openai.routes import router as openai_router
+from app.serving.errors import ModelNotFoundError, UnavailableError
+from app.serving.metrics import Metrics
+from app.serving.served_model import ServedModel
 from app.settings import Settings
+from app.tgi.routes import install_routes
 from model_store.resolver import load_model
 
 logger = logging.getLogger(__name__)

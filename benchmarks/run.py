@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from app.errors import LaminiError
+from app.core.errors import LaminiError
 from app.settings import Settings
 from benchmarks.context import BenchContext
 from benchmarks.machine import cpu_speed_probe, machine_facts

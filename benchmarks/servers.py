@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from app.errors import LaminiError
+from app.core.errors import LaminiError
 
 _SAMPLE_INTERVAL_S = 0.1
 _LOG_TAIL_CHARS = 2000

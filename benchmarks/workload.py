@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.errors import LaminiError
-from app.families import Family
+from app.core.errors import LaminiError
+from app.core.families import Family
 
 
 class WorkloadError(LaminiError):

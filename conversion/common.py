@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.errors import ConversionError
+from app.core.errors import ConversionError
 
 
 @contextmanager

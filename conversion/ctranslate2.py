@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from app.errors import ConversionError
+from app.core.errors import ConversionError
 from conversion.common import conversion_step, save_tokenizer
 
 # What `--quantization` may say for CTranslate2 (float16 variants only run on CUDA).

@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from app.errors import ConversionError
-from app.families import Family
+from app.core.errors import ConversionError
+from app.core.families import Family
 from conversion.common import conversion_step, save_tokenizer
 
 ONNX_QUANTIZATIONS = ("float32", "int8")

@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.core.errors import EngineUnavailableError
+from app.core.families import EngineKind, Family
 from app.engines.base import Engine
-from app.errors import EngineUnavailableError
-from app.families import EngineKind, Family
 from app.settings import Settings
 from model_store.sources import ModelSource, resolve_source
 from model_store.store import BuildOutcome, ModelStore, read_manifest

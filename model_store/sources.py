@@ -13,8 +13,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from app.errors import ModelSourceError
-from app.families import (
+from app.core.errors import ModelSourceError
+from app.core.families import (
     Family,
     canonical_hub_id,
     family_for_checkpoint,

@@ -19,8 +19,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from app.errors import ModelSourceError
-from app.families import SOURCE_MODEL_CONFIG_KEY, canonical_hub_id, family_for_hub_id
+from app.core.errors import ModelSourceError
+from app.core.families import SOURCE_MODEL_CONFIG_KEY, canonical_hub_id, family_for_hub_id
 
 
 class TwinSize(str, enum.Enum):

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
-from app.errors import ConfigurationError
-from app.families import family_names
+from app.core.errors import ConfigurationError
+from app.core.families import family_names
 from app.settings import Settings
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from app.families import FAMILIES
+from app.core.families import FAMILIES
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:

@@ -22,9 +22,9 @@ from app.commands.common import (
     settings_from_args,
 )
 from app.commands.convert import add_quantization_option, add_store_option
+from app.core.errors import ConfigurationError
+from app.core.families import Family
 from app.engines.base import EngineRequest, Generation, SamplingParams
-from app.errors import ConfigurationError
-from app.families import Family
 from model_store.resolver import LoadedModel, load_model
 
 

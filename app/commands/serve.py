@@ -22,7 +22,7 @@ from app.commands.common import (
 )
 from app.logging import configure_logging
 from app.server import ServiceState, create_app
-from app.service_errors import StartupError
+from app.serving.errors import StartupError
 
 # Flags that override one `Settings` field each: (flag, field, argparse type, help).
 _SERVICE_FLAGS: tuple[tuple[str, str, object, str], ...] = (

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from app.commands.common import non_negative_int
-from app.errors import ModelSourceError
+from app.core.errors import ModelSourceError
 from model_store.twins import TwinSize, build_twin_atomically
 
 

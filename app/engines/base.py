@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.errors import ModelSourceError
-from app.families import EngineKind, Family
+from app.core.errors import ModelSourceError
+from app.core.families import EngineKind, Family
 
 
 class FinishReason(str, enum.Enum):

@@ -34,6 +34,8 @@ from typing import Any
 import ctranslate2
 from transformers import AutoTokenizer
 
+from app.core.errors import ModelSourceError
+from app.core.families import EngineKind, Family
 from app.engines.base import (
     Engine,
     EngineInfo,
@@ -42,8 +44,6 @@ from app.engines.base import (
     cut_longest_first,
     limits_from_config,
 )
-from app.errors import ModelSourceError
-from app.families import EngineKind, Family
 from conversion.ctranslate2 import SOURCE_CONFIG_NAME
 
 

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from app.errors import ModelSourceError
-from app.families import Family
+from app.core.errors import ModelSourceError
+from app.core.families import Family
 
 _LOAD_ERRORS = (OSError, ValueError, TypeError, KeyError)
 

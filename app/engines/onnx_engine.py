@@ -25,6 +25,8 @@ import onnxruntime
 import torch
 from transformers import AutoTokenizer
 
+from app.core.errors import ModelSourceError
+from app.core.families import EngineKind, Family
 from app.engines.base import (
     EngineInfo,
     SamplingParams,
@@ -33,8 +35,6 @@ from app.engines.base import (
     limits_from_config,
 )
 from app.engines.transformers_engine import TransformersEngine
-from app.errors import ModelSourceError
-from app.families import EngineKind, Family
 from conversion.onnx import load_ort_model
 
 _CUDA_PROVIDER = "CUDAExecutionProvider"

@@ -28,6 +28,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from app.core.families import EngineKind, Family
 from app.engines.base import (
     Engine,
     EngineInfo,
@@ -36,7 +37,6 @@ from app.engines.base import (
     limits_from_config,
 )
 from app.engines.loading import checkpoint_load_errors, load_tokenizer
-from app.families import EngineKind, Family
 
 
 class _TrackerFeed:

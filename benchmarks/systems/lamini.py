@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from app.core.families import EngineKind
 from app.engines.ctranslate2_engine import thread_layout
-from app.families import EngineKind
 from benchmarks.context import BenchContext
 from benchmarks.loadgen import CallResult, RequestSender
 from benchmarks.options import SystemName

@@ -15,7 +15,7 @@ from typing import Any
 import litserve as ls
 from pydantic import BaseModel, Field
 
-from app.families import family_for_checkpoint
+from app.core.families import family_for_checkpoint
 
 PromptAndLimit = tuple[str, int]
 

@@ -7,7 +7,7 @@ into `{"error": ..., "error_type": ...}` bodies in exactly one place, `app/api.p
 
 from __future__ import annotations
 
-from app.errors import LaminiError
+from app.core.errors import LaminiError
 
 
 class ServiceError(LaminiError):

@@ -19,15 +19,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from app.generation import (
+from app.http.middleware import MODEL_STATE_KEY, client_gone
+from app.serving.errors import InvalidRequestError, OverloadedError, ServiceError
+from app.serving.metrics import CONTENT_TYPE
+from app.serving.served_model import (
     ClientDisconnectedError,
     Completion,
     PreparedRequest,
     ServedModel,
 )
-from app.metrics import CONTENT_TYPE
-from app.middleware import MODEL_STATE_KEY, client_gone
-from app.schemas import (
+from app.tgi.schemas import (
     ErrorResponse,
     GenerateRequest,
     GenerateResponse,
@@ -35,7 +36,6 @@ from app.schemas import (
     ModelInfo,
     StreamResponse,
 )
-from app.service_errors import InvalidRequestError, OverloadedError, ServiceError
 
 if TYPE_CHECKING:
     from app.server import ServiceState

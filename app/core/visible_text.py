@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from app.prompts import NEWLINE_HACK_OUT, PromptFormat
+from app.core.prompts import NEWLINE_HACK_OUT, PromptFormat
 
 
 def _partial_tail(text: str, patterns: tuple[str, ...]) -> int:

@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.logging import request_id
-from app.metrics import Metrics
-from app.service_errors import BodyTooLargeError, MalformedBodyError, ServiceError
+from app.serving.errors import BodyTooLargeError, MalformedBodyError, ServiceError
+from app.serving.metrics import Metrics
 
 logger = logging.getLogger("lamini.access")
 

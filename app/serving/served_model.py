@@ -15,15 +15,15 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.batching import Batcher, BatchLimits, Ticket
 from app.engines.base import FinishReason, GeneratedToken, Generation, SamplingParams
-from app.metrics import ModelMetrics
-from app.service_errors import (
+from app.serving.batching import Batcher, BatchLimits, Ticket
+from app.serving.errors import (
     GenerationError,
     InvalidRequestError,
     RequestTimeoutError,
     UnavailableError,
 )
+from app.serving.metrics import ModelMetrics
 from app.settings import Settings
 from model_store.resolver import LoadedModel
 

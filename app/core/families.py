@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.errors import FamilyResolutionError
-from app.prompts import ALPACA, NEWLINE_HACK, RAW, RAW_WITH_BOS, PromptFormat
+from app.core.errors import FamilyResolutionError
+from app.core.prompts import ALPACA, NEWLINE_HACK, RAW, RAW_WITH_BOS, PromptFormat
 
 
 class Task(str, enum.Enum):

@@ -18,14 +18,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from app.generation import ClientDisconnectedError
-from app.service_errors import (
+from app.serving.errors import (
     ModelNotFoundError,
     OverloadedError,
     RequestTimeoutError,
     ServiceError,
     UnavailableError,
 )
+from app.serving.served_model import ClientDisconnectedError
 
 OPENAI_PATH_PREFIX = "/v1/"
 INVALID_REQUEST = "invalid_request_error"

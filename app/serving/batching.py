@@ -25,8 +25,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from app.engines.base import Engine, EngineRequest, Generation, SamplingParams, TokenCallback
-from app.metrics import ModelMetrics
-from app.service_errors import OverloadedError, UnavailableError
+from app.serving.errors import OverloadedError, UnavailableError
+from app.serving.metrics import ModelMetrics
 
 logger = logging.getLogger(__name__)
 

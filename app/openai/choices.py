@@ -19,8 +19,14 @@ from typing import Any
 
 from starlette.requests import Request
 
-from app.generation import Completion, GenerationOptions, PreparedRequest, ServedModel, StreamEvent
-from app.middleware import client_gone
+from app.http.middleware import client_gone
+from app.serving.served_model import (
+    Completion,
+    GenerationOptions,
+    PreparedRequest,
+    ServedModel,
+    StreamEvent,
+)
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import AccessConfigError
-from app.openai_errors import OPENAI_PATH_PREFIX, openai_error_body
+from app.core.errors import AccessConfigError
+from app.openai.errors import OPENAI_PATH_PREFIX, openai_error_body
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -22,11 +22,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from app.chat import ChatTurn, chat_to_instruction
+from app.core.chat import ChatTurn, chat_to_instruction
+from app.core.visible_text import VisibleText
 from app.engines.base import GeneratedToken
-from app.generation import ServedModel
-from app.middleware import MODEL_STATE_KEY
-from app.openai_choices import (
+from app.http.middleware import MODEL_STATE_KEY
+from app.openai.choices import (
     Choice,
     ChoicePlan,
     ChoiceStreams,
@@ -34,15 +34,15 @@ from app.openai_choices import (
     plan_choices,
     started_streams,
 )
-from app.openai_errors import SERVER_ERROR, OpenAIError, OpenAIRoute, from_service_error
-from app.openai_render import (
+from app.openai.errors import SERVER_ERROR, OpenAIError, OpenAIRoute, from_service_error
+from app.openai.render import (
     OPENAI_FINISH_REASONS,
     ChatRenderer,
     ChoiceResult,
     CompletionRenderer,
     Renderer,
 )
-from app.openai_schemas import (
+from app.openai.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
     Completion,
@@ -53,8 +53,8 @@ from app.openai_schemas import (
     OpenAIRequest,
     Usage,
 )
-from app.service_errors import InvalidRequestError, ModelNotFoundError, ServiceError
-from app.visible_text import VisibleText
+from app.serving.errors import InvalidRequestError, ModelNotFoundError, ServiceError
+from app.serving.served_model import ServedModel
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from app.engines.base import FinishReason, GeneratedToken
-from app.openai_schemas import (
+from app.openai.schemas import (
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,

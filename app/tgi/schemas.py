@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.engines.base import GeneratedToken, SamplingParams
-from app.generation import Completion, GenerationOptions, StreamEvent
+from app.serving.served_model import Completion, GenerationOptions, StreamEvent
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 

@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from app.engines.base import SamplingParams
-from app.generation import GenerationOptions
+from app.serving.served_model import GenerationOptions
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
