@@ -15,17 +15,6 @@ from model_store.twins import TwinSize
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO_ROOT.parent / "shared"
 
-# One tiny twin per family: the models every cross-family test loops over.
-FAMILY_TWINS: dict[str, str] = {
-    "lamini-t5": "MBZUAI/LaMini-T5-61M",
-    "lamini-flan-t5": "MBZUAI/LaMini-Flan-T5-77M",
-    "lamini-cerebras": "MBZUAI/LaMini-Cerebras-111M",
-    "lamini-gpt": "MBZUAI/LaMini-GPT-124M",
-    "lamini-neo": "MBZUAI/LaMini-Neo-125M",
-    "opt-iml": "facebook/opt-iml-max-1.3b",
-    "flant5-dolly": "jmhessel/flant5-dolly-xxl",
-}
-
 
 @pytest.fixture(scope="session")
 def twin_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
