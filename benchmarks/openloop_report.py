@@ -147,6 +147,14 @@ def plot(runs: list[SystemRun], title: str, path: Path) -> bool:
         tput_axis.plot(
             rates, [m.tokens_per_s for m in s.rates], marker="o", color=color, label=s.label
         )
+    offered = found[0][1].rates  # the same requests for every series: offered tok/s
+    tput_axis.plot(
+        [m.rate for m in offered],
+        [m.rate * m.requested_tokens / max(1, len(m.samples)) for m in offered],
+        color="gray",
+        linestyle=":",
+        label="offered (rate x mean max_tokens)",
+    )
     objective = found[0][1].ttft_objective_s
     ttft_axis.axhline(objective, color="gray", linestyle=":", label=f"objective {objective:g} s")
     ttft_axis.set_yscale("log")
