@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from app.core.errors import LaminiError
 from app.core.families import EngineKind
 from app.engines.ctranslate2_engine import thread_layout
 from benchmarks.completions import CompletionsEndpoint, served_model_id
@@ -196,19 +197,33 @@ def _measure_served(
     )
 
 
+def _run_config(context: BenchContext, result: SystemRun, server: LaminiServer) -> float:
+    """Cold start, store-hit start and every measurement of one configuration; its peak RSS."""
+    shutil.rmtree(server.store_dir, ignore_errors=True)
+    with server.started("cold") as (_process, _url, cold_s):
+        result.cold_start_s[f"cold_start_with_conversion_{server.name}"] = cold_s
+    with server.started("store-hit") as (process, base_url, hit_s):
+        result.cold_start_s[f"store_hit_start_{server.name}"] = hit_s
+        result.cold_start_s[f"conversion_estimate_{server.name}"] = max(0.0, cold_s - hit_s)
+        _measure_served(context, result, server, process, base_url)
+        return process.peak_rss_mb
+
+
 def run(context: BenchContext) -> SystemRun:
+    """Every configuration in turn; one that fails is reported and the others still run (the
+    system fails only when all of them did)."""
     result = SystemRun(system=SystemName.LAMINI, threads=_thread_settings(context))
     peak_rss: list[float] = []
+    failures: list[str] = []
     for engine, quantization in context.options.served_configs():
         server = LaminiServer(context, engine, quantization)
-        shutil.rmtree(server.store_dir, ignore_errors=True)
-        with server.started("cold") as (_process, _url, cold_s):
-            result.cold_start_s[f"cold_start_with_conversion_{server.name}"] = cold_s
-        with server.started("store-hit") as (process, base_url, hit_s):
-            result.cold_start_s[f"store_hit_start_{server.name}"] = hit_s
-            result.cold_start_s[f"conversion_estimate_{server.name}"] = max(0.0, cold_s - hit_s)
-            _measure_served(context, result, server, process, base_url)
-            peak_rss.append(process.peak_rss_mb)
+        try:
+            peak_rss.append(_run_config(context, result, server))
+        except (LaminiError, httpx.HTTPError, KeyError, ValueError) as exc:
+            failures.append(f"configuration {server.name} failed: {type(exc).__name__}: {exc}")
+            print(f"[bench] lamini-serve {failures[-1]}", file=sys.stderr, flush=True)
     result.peak_rss_mb = max(peak_rss, default=None)
-    result.notes = sorted(set(result.notes))
+    result.notes = sorted(set(result.notes)) + failures
+    if not peak_rss:
+        result.ok, result.error = False, "; ".join(failures)
     return result
