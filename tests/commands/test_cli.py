@@ -9,10 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support.cli import assert_one_line_error, lamini_serve, run_in_process
-from support.twins import FAMILY_TWINS
 
 from app.core.families import SOURCE_MODEL_CONFIG_KEY, get_family
+from tests.support.cli import assert_one_line_error, lamini_serve, run_in_process
+from tests.support.twins import FAMILY_TWINS
 
 FINISH_REASONS = {"length", "eos_token", "stop_sequence"}
 TRANSFORMERS = ("--backend", "transformers")

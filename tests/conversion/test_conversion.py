@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from support.cli import assert_one_line_error, lamini_serve, run_in_process
-from support.twins import FAMILY_TWINS
 
 from app.core.families import FAMILIES, EngineKind, get_family
 from conversion.publish import QUANTIZATIONS
+from tests.support.cli import assert_one_line_error, lamini_serve, run_in_process
+from tests.support.twins import FAMILY_TWINS
 
 CONVERTED_CASES = [
     pytest.param(family, kind.value, id=f"{family}-{kind.value}")

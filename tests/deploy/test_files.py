@@ -16,7 +16,11 @@ from typing import Any
 
 import pytest
 import yaml
-from support.deploy import (
+
+from app.cli import build_parser
+from app.serving.metrics import Metrics
+from app.settings import Settings
+from tests.support.deploy import (
     DASHBOARD,
     DEPLOY_DIR,
     NGINX_TEMPLATE,
@@ -30,11 +34,7 @@ from support.deploy import (
     require_binary,
     write_nginx_main_config,
 )
-from support.dockerfile import DOCKERFILE, parse_dockerfile
-
-from app.cli import build_parser
-from app.serving.metrics import Metrics
-from app.settings import Settings
+from tests.support.dockerfile import DOCKERFILE, parse_dockerfile
 
 RUNTIME, CONVERT = "runtime", "convert"
 # Series the dashboard must chart (the list: rate, latency, TTFT, tokens/s, queue, batch).

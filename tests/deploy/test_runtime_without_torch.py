@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.deploy import (
+
+from tests.support.deploy import (
     REPO_ROOT,
     answers_ok,
     convert_like_compose,
@@ -22,8 +23,8 @@ from support.deploy import (
     running,
     start_child,
 )
-from support.dockerfile import parse_dockerfile
-from support.server import free_port
+from tests.support.dockerfile import parse_dockerfile
+from tests.support.server import free_port
 
 pytestmark = pytest.mark.slow
 

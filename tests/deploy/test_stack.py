@@ -23,7 +23,9 @@ import pytest
 import yaml
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
-from support.deploy import (
+from text_generation import Client as TextGenerationClient
+
+from tests.support.deploy import (
     DASHBOARD,
     REPLICA_JOB,
     Child,
@@ -41,9 +43,8 @@ from support.deploy import (
     wait_until,
     write_nginx_main_config,
 )
-from support.dockerfile import parse_dockerfile
-from support.server import RunningServer, free_port
-from text_generation import Client as TextGenerationClient
+from tests.support.dockerfile import parse_dockerfile
+from tests.support.server import RunningServer, free_port
 
 pytestmark = pytest.mark.slow
 

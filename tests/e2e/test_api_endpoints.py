@@ -6,7 +6,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from support.server import HISTOGRAMS, RunningServer, running_server
+
+from tests.support.server import HISTOGRAMS, RunningServer, running_server
 
 T5 = "twin:MBZUAI/LaMini-Flan-T5-77M@tiny"
 GPT = "twin:MBZUAI/LaMini-GPT-124M@tiny"

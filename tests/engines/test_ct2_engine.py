@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support.twins import FAMILY_TWINS
 
 from app.core.families import EngineKind, get_family
 from app.engines.base import (
@@ -36,6 +35,7 @@ from app.engines.transformers_engine import TransformersEngine
 from app.settings import Settings
 from model_store.resolver import ensure_converted, open_engine
 from model_store.sources import ModelSource, resolve_source
+from tests.support.twins import FAMILY_TWINS
 
 GREEDY = SamplingParams()
 FAMILIES = ("lamini-gpt", "lamini-flan-t5")

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support.twins import FAMILY_TWINS
 
 from app.core.families import EngineKind, get_family
 from app.engines.base import Engine
@@ -24,6 +23,7 @@ from app.settings import Settings
 from conversion.parity import ParityReport, greedy_tokens
 from model_store.resolver import ensure_converted, open_engine
 from model_store.sources import ModelSource, resolve_source
+from tests.support.twins import FAMILY_TWINS
 
 INT8_MIN_FIRST_TOKEN_AGREEMENT = 0.25
 MAX_NEW_TOKENS = 8

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.twins import FAMILY_TWINS
 from transformers import AutoModelForSeq2SeqLM
 
 from app.core.errors import ModelSourceError
 from app.core.families import EngineKind, family_for_hub_id, get_family
 from app.engines.base import EngineRequest, FinishReason, GeneratedToken, SamplingParams
 from app.engines.transformers_engine import TransformersEngine
+from tests.support.twins import FAMILY_TWINS
 
 GREEDY = SamplingParams()
 PROMPTS = ("Hello world", "Write a short poem about the sea, the sky and the wind, please.")
