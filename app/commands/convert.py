@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from typing import TextIO
 
 from app.commands.common import settings_from_args
-from app.core.families import EngineKind, family_names
+from app.core.engine_kinds import EngineKind
+from app.core.families import family_names
 from conversion.publish import QUANTIZATIONS
 from model_store.resolver import choose_engine, ensure_converted, quantization_for
 from model_store.sources import resolve_source

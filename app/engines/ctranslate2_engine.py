@@ -34,8 +34,9 @@ from typing import Any
 import ctranslate2
 from transformers import AutoTokenizer
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import ModelSourceError
-from app.core.families import EngineKind, Family
+from app.core.families import Family
 from app.engines.base import (
     Engine,
     EngineInfo,

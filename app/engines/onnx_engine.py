@@ -25,8 +25,9 @@ import onnxruntime
 import torch
 from transformers import AutoTokenizer
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import ModelSourceError
-from app.core.families import EngineKind, Family
+from app.core.families import Family
 from app.engines.base import (
     EngineInfo,
     SamplingParams,

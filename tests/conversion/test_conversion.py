@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from app.core.families import FAMILIES, EngineKind, get_family
+from app.core.engine_kinds import EngineKind
+from app.core.families import FAMILIES, get_family
 from conversion.publish import QUANTIZATIONS
 from tests.support.cli import assert_one_line_error, lamini_serve, run_in_process
 from tests.support.twins import FAMILY_TWINS

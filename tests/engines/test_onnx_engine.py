@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.core.families import EngineKind
+from app.core.engine_kinds import EngineKind
 from app.engines.base import EngineRequest, GeneratedToken, SamplingParams
 from app.engines.onnx_engine import GROUP_SIZE, OnnxEngine
 from app.settings import Settings

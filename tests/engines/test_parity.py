@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from app.core.families import EngineKind, get_family
+from app.core.engine_kinds import EngineKind
+from app.core.families import get_family
 from app.engines.base import Engine
 from app.engines.transformers_engine import TransformersEngine
 from app.settings import Settings

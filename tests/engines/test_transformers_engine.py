@@ -11,8 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import ModelSourceError
-from app.core.families import EngineKind, family_for_hub_id, get_family
+from app.core.families import family_for_hub_id, get_family
 from app.engines.base import EngineRequest, FinishReason, GeneratedToken, SamplingParams
 from app.engines.transformers_engine import TransformersEngine
 from tests.support.twins import FAMILY_TWINS

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import EngineUnavailableError, ModelSourceError
-from app.core.families import EngineKind, get_family
+from app.core.families import get_family
 from app.engines.transformers_engine import TransformersEngine
 from app.settings import Settings
 from model_store.resolver import choose_engine, load_model

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import StoreEntryError
-from app.core.families import EngineKind
 from model_store.store import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
@@ -187,7 +187,7 @@ _KILLABLE_CONVERSION = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from app.core.families import EngineKind
+    from app.core.engine_kinds import EngineKind
     from conversion.ctranslate2 import convert_to_ctranslate2
     from conversion.publish import entry_key
     from model_store.sources import resolve_source
