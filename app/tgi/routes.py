@@ -38,7 +38,7 @@ from app.tgi.schemas import (
 )
 
 if TYPE_CHECKING:
-    from app.server import ServiceState
+    from app.serving.state import ServiceState
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
-from app.server import ServiceState
 from app.serving.errors import ModelNotFoundError, UnavailableError
 from app.serving.metrics import Metrics
+from app.serving.state import ServiceState
 from app.settings import Settings
 
 T5 = "twin:MBZUAI/LaMini-Flan-T5-77M@tiny"
