@@ -15,13 +15,14 @@ import time
 from app.commands.common import (
     add_model_and_instruction,
     add_model_options,
+    add_quantization_option,
+    add_store_option,
     non_negative_int,
     positive_float,
     positive_int,
     probability,
     settings_from_args,
 )
-from app.commands.convert import add_quantization_option, add_store_option
 from app.core.errors import ConfigurationError
 from app.core.families import Family
 from app.engines.base import EngineRequest, Generation, SamplingParams
