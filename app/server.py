@@ -10,7 +10,6 @@ uvicorn lets in-flight ones finish; the batchers are closed last.
 from __future__ import annotations
 
 import asyncio
-import logging
 import platform
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,23 +17,33 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.http.auth import install_access_control
+from app.http.errors import ErrorShapes
 from app.http.middleware import BodyGuardMiddleware, RequestContextMiddleware
+from app.http.probes import router as probes_router
+from app.openai.errors import OpenAIErrorShape
 from app.openai.routes import router as openai_router
 from app.serving.metrics import Metrics
-from app.serving.state import VERSION, ServiceState
+from app.serving.state import VERSION, ModelLoader, ServiceState
 from app.settings import Settings
-from app.tgi.routes import install_routes
+from app.tgi.errors import TGIErrorShape
+from app.tgi.routes import router as tgi_router
+from model_store.resolver import load_model
 
-logger = logging.getLogger(__name__)
 
+def create_app(
+    settings: Settings,
+    on_fatal: Callable[[], None] | None = None,
+    loader: ModelLoader = load_model,
+) -> FastAPI:
+    """The app; `on_fatal` is called when a model cannot be loaded (the server should exit).
 
-def create_app(settings: Settings, on_fatal: Callable[[], None] | None = None) -> FastAPI:
-    """The app; `on_fatal` is called when a model cannot be loaded (the server should exit)."""
+    `loader` turns a configured model name into a loaded model (the model store's by default).
+    """
     metrics = Metrics()
     metrics.build_info.labels(
         VERSION, settings.engine, settings.device, platform.python_version()
     ).set(1)
-    state = ServiceState(settings, metrics)
+    state = ServiceState(settings, metrics, loader)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -51,10 +60,18 @@ def create_app(settings: Settings, on_fatal: Callable[[], None] | None = None) -
         lifespan=lifespan,
     )
     app.state.service = state
-    install_routes(app)
+    error_shapes = ErrorShapes(
+        default=TGIErrorShape(settings.retry_after_s),
+        others=[OpenAIErrorShape(settings.retry_after_s)],
+    )
+    error_shapes.install(app)
+    app.include_router(tgi_router)
+    app.include_router(probes_router)
     app.include_router(openai_router)
-    app.add_middleware(BodyGuardMiddleware, max_body_bytes=settings.max_body_bytes)
-    install_access_control(app, settings)
+    app.add_middleware(
+        BodyGuardMiddleware, max_body_bytes=settings.max_body_bytes, error_shapes=error_shapes
+    )
+    install_access_control(app, settings, error_shapes)
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, default_model=lambda: state.default_model_name
     )

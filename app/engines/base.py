@@ -51,6 +51,12 @@ class GeneratedToken:
     logprob: float
     special: bool
 
+    @property
+    def finite_logprob(self) -> float | None:
+        """The log probability, or None where the engine could not score the token (NaN):
+        JSON has no NaN, and APIs report an unknown logprob as null."""
+        return self.logprob if math.isfinite(self.logprob) else None
+
 
 # Called with each generated token and whether it is the sequence's last one.
 TokenCallback = Callable[[GeneratedToken, bool], None]

@@ -15,19 +15,25 @@ from app.serving.errors import ModelNotFoundError, UnavailableError
 from app.serving.metrics import Metrics
 from app.serving.served_model import ServedModel
 from app.settings import Settings
-from model_store.resolver import load_model
+from model_store.resolver import LoadedModel, load_model
 
 logger = logging.getLogger(__name__)
 
 VERSION = version("lamini-serve")
 
+# Loads (converting if needed) the model a name designates: the model store's, or a test's.
+ModelLoader = Callable[[str, Settings], LoadedModel]
+
 
 class ServiceState:
     """Which models are configured, which are loaded, and whether the server is draining."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, loader: ModelLoader = load_model
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.loader = loader
         self.model_names: list[str] = list(dict.fromkeys(settings.models))
         self.models: dict[str, ServedModel] = {}
         self.load_error: str | None = None
@@ -70,7 +76,7 @@ class ServiceState:
         for name in self.model_names:
             logger.info("loading model %s (engine=%s)", name, self.settings.engine)
             try:
-                loaded = await asyncio.to_thread(load_model, name, self.settings)
+                loaded = await asyncio.to_thread(self.loader, name, self.settings)
             except Exception as exc:
                 self.load_error = f"{name}: {exc}"
                 logger.error("cannot load model %s: %s", name, exc)
@@ -80,7 +86,7 @@ class ServiceState:
             metrics.set_load_seconds("load", loaded.load_seconds)
             if loaded.convert_seconds is not None:
                 metrics.set_load_seconds("convert", loaded.convert_seconds)
-            self.models[name] = ServedModel(loaded, self.settings, metrics)
+            self.models[name] = ServedModel(name, loaded.engine, self.settings, metrics)
             info = loaded.engine.info
             logger.info(
                 "model %s ready in %.1fs: family=%s engine=%s quantization=%s device=%s",

@@ -237,7 +237,7 @@ def test_too_long_instruction_is_refused(tiny_twin: Callable[[str], Path]) -> No
         "generate", "twin:MBZUAI/LaMini-GPT-124M@tiny", "word " * 1100, *TRANSFORMERS
     )
 
-    assert_one_line_error(result, "takes at most 1023")
+    assert_one_line_error(result, "accepts at most 1023")
 
 
 def test_invalid_flag_value_exits_non_zero() -> None:
