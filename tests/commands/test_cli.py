@@ -110,7 +110,8 @@ def test_generate_runs_on_a_tiny_twin_of_every_family(
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     family = get_family(family_name)
-    assert answer["family"] == family_name and answer["engine"] == "transformers"
+    assert answer["family"] == family_name
+    assert answer["engine"] == "transformers"
     assert answer["model_input"] == family.prompt_format.wrap("Name three colours.")
     assert 1 <= len(answer["tokens"]) <= 6
     assert answer["finish_reason"] in FINISH_REASONS
@@ -118,7 +119,8 @@ def test_generate_runs_on_a_tiny_twin_of_every_family(
         token["text"] for token in answer["tokens"] if not token["special"]
     )
     assert answer["tidied_text"] == family.prompt_format.tidy(answer["text"])
-    assert answer["timings"]["load_seconds"] > 0 and answer["timings"]["generate_seconds"] > 0
+    assert answer["timings"]["load_seconds"] > 0
+    assert answer["timings"]["generate_seconds"] > 0
 
 
 def test_generate_plain_output_is_the_tidied_text(capsys: pytest.CaptureFixture[str]) -> None:

@@ -103,7 +103,8 @@ def test_runtime_dependency_set_has_no_conversion_stack(runtime_venv: Path, modu
         capture_output=True,
         text=True,
     )
-    assert probe.returncode != 0 and "ModuleNotFoundError" in probe.stderr
+    assert probe.returncode != 0
+    assert "ModuleNotFoundError" in probe.stderr
 
 
 def test_runtime_serves_a_ctranslate2_entry_without_torch(runtime_server: str) -> None:

@@ -81,7 +81,8 @@ def test_opt_prompt_starts_with_the_bos_token_once(engine_for) -> None:
 
     ids = _prompt_ids(engine, "Hello world")
 
-    assert ids[0] == 2 and ids.count(2) == 1
+    assert ids[0] == 2
+    assert ids.count(2) == 1
     assert engine.tokenizer.decode(ids[1:]) == "Hello world"
 
 
@@ -123,7 +124,8 @@ def test_stop_sequence_ends_the_row_and_keeps_the_stop_text(engine_for, family_n
 
     assert stopped.finish_reason is FinishReason.STOP_SEQUENCE
     assert stopped.stop_sequence == stop
-    assert stopped.text.endswith(stop) and free.text.startswith(stopped.text)
+    assert stopped.text.endswith(stop)
+    assert free.text.startswith(stopped.text)
     assert len(stopped.tokens) < len(free.tokens)
 
 
@@ -274,7 +276,8 @@ def test_eos_token_finishes_with_eos_reason(eager_eos_checkpoint: Path) -> None:
 
     assert generation.finish_reason is FinishReason.EOS
     assert generation.token_ids == [1]
-    assert generation.tokens[0].special and generation.text == ""
+    assert generation.tokens[0].special
+    assert generation.text == ""
 
 
 def test_min_new_tokens_suppresses_early_eos(eager_eos_checkpoint: Path) -> None:

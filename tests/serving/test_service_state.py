@@ -31,7 +31,8 @@ def test_not_ready_until_every_model_is_loaded_and_not_while_draining() -> None:
     fatal: list[bool] = []
     asyncio.run(state.load_all(lambda: fatal.append(True)))
     try:
-        assert state.ready and not fatal
+        assert state.ready
+        assert not fatal
         assert state.model(None).name == T5
         assert state.model(GPT).family.name == "lamini-gpt"
 
