@@ -35,8 +35,8 @@ from app.engines.base import (
     cut_longest_first,
     limits_from_config,
 )
+from app.engines.loading import load_ort_model
 from app.engines.transformers_engine import TransformersEngine
-from conversion.onnx import load_ort_model
 
 _CUDA_PROVIDER = "CUDAExecutionProvider"
 _CPU_PROVIDER = "CPUExecutionProvider"
