@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from app.core.chat import ChatTurn, chat_to_instruction
 from app.core.visible_text import VisibleText
 from app.engines.base import GeneratedToken
+from app.http.errors import documented_errors
 from app.http.requests import event_stream, served_model, service_state
 from app.openai.choices import (
     Choice,
@@ -59,17 +60,18 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 
-_ERRORS: dict[int | str, dict[str, object]] = {
-    status: {"model": OpenAIErrorResponse, "description": description}
-    for status, description in (
-        (400, "Invalid or unsupported parameter"),
-        (401, "Missing or wrong API key"),
-        (404, "Unknown model"),
-        (429, "Queue full; retry after Retry-After seconds"),
-        (503, "Model loading or server draining"),
-        (504, "Request timed out"),
-    )
-}
+_ERRORS = documented_errors(
+    OpenAIErrorResponse,
+    {
+        400: "Invalid or unsupported parameter, body not JSON or not UTF-8",
+        401: "Missing or wrong API key",
+        404: "Unknown model",
+        413: "Body too large",
+        429: "Queue full; retry after Retry-After seconds",
+        503: "Model loading or server draining",
+        504: "Request timed out",
+    },
+)
 _STARTED_AT = int(time.time())  # the `created` time of every served model
 
 
