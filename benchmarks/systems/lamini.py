@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import LaminiError
-from app.core.families import EngineKind
 from app.engines.ctranslate2_engine import thread_layout
 from benchmarks.completions import CompletionsEndpoint, served_model_id
 from benchmarks.context import BenchContext

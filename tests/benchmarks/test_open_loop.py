@@ -45,7 +45,8 @@ def test_arrivals_are_one_seeded_poisson_pattern_scaled_by_the_rate(
     context = _context(tmp_path, f"twin:{MODEL}@tiny", open_loop_requests=400)
     plan = OpenLoopPlan.from_context(context)
     slow, fast = plan.arrivals(2.0), plan.arrivals(8.0)
-    assert slow[0] == fast[0] == 0.0 and len(slow) == 400
+    assert slow[0] == fast[0] == 0.0
+    assert len(slow) == 400
     assert fast == pytest.approx([t / 4 for t in slow])
     gaps = [b - a for a, b in itertools.pairwise(slow)]
     assert statistics.mean(gaps) == pytest.approx(0.5, rel=0.15)  # exponential, mean 1/rate
@@ -81,11 +82,14 @@ def test_a_growing_queue_is_falling_behind_and_a_steady_one_keeps_up() -> None:
     growing = RateMeasurement(
         rate=4, wall_s=9, samples=[_sample(i / 4, 0.1 + 0.3 * i) for i in range(8)]
     )
-    assert steady.kept_up and not growing.kept_up
+    assert steady.kept_up
+    assert not growing.kept_up
     failed = RateMeasurement(
         rate=4, wall_s=3, samples=[_sample(i / 4, 0.1, "HTTP 429") for i in range(8)]
     )
-    assert not failed.kept_up and failed.errors == 8 and failed.requests == 0
+    assert not failed.kept_up
+    assert failed.errors == 8
+    assert failed.requests == 0
     assert steady.itl_p99_s == pytest.approx(0.1)
     assert steady.tokens_per_s == pytest.approx(32 / 3)
     assert math.isnan(failed.ttft_p99_s)
