@@ -115,6 +115,11 @@ class SystemRun(BaseModel):
         default_factory=list,
         description="machine.cpu_speed_probe (M loops/s) before and after the system ran",
     )
+    cpu_steal: float | None = Field(
+        default=None,
+        description="share of CPU time the hypervisor gave other guests while the system ran "
+        "(/proc/stat steal): a virtual machine whose host is busy runs everything slower",
+    )
     notes: list[str] = Field(default_factory=list)
     measurements: list[Measurement] = Field(default_factory=list)
     peak_rss_under_load_mb: dict[str, float] = Field(

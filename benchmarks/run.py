@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from app.core.errors import LaminiError
 from app.settings import Settings
 from benchmarks.context import BenchContext
-from benchmarks.machine import cpu_speed_probe, machine_facts
+from benchmarks.machine import cpu_speed_probe, cpu_times, machine_facts, steal_share
 from benchmarks.options import (
     DEFAULT_INSTRUCTIONS,
     REPO_ROOT,
@@ -193,12 +193,14 @@ def _run_http(system: SystemName, context: BenchContext) -> SystemRun:
 
 def _run_system(system: SystemName, context: BenchContext, options_path: Path) -> SystemRun:
     speed_before = cpu_speed_probe()
+    times_before = cpu_times()
     started = time.perf_counter()
     if system in HTTP_SYSTEMS:
         run = _run_http(system, context)
     else:
         run = _run_worker(system, context.options, options_path)
     run.wall_s = time.perf_counter() - started
+    run.cpu_steal = steal_share(times_before, cpu_times())
     run.cpu_speed = [speed_before, cpu_speed_probe()]
     if run.skipped:
         print(f"[bench] {system.value}: skipped: {run.skipped}", file=sys.stderr, flush=True)
