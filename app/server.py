@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from app.http.auth import install_access_control
 from app.http.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from app.openai.routes import router as openai_router
+from app.playground import router as playground_router
 from app.serving.errors import ModelNotFoundError, UnavailableError
 from app.serving.metrics import Metrics
 from app.serving.served_model import ServedModel
@@ -133,6 +134,7 @@ def create_app(settings: Settings, on_fatal: Callable[[], None] | None = None) -
     app.state.service = state
     install_routes(app)
     app.include_router(openai_router)
+    app.include_router(playground_router)
     app.add_middleware(BodyGuardMiddleware, max_body_bytes=settings.max_body_bytes)
     install_access_control(app, settings)
     app.add_middleware(
