@@ -8,29 +8,35 @@ other clients can ask the same. Errors have TGI's shape, like every route outsid
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.http.middleware import MODEL_STATE_KEY
+from app.http.errors import documented_errors
+from app.http.requests import served_model
 from app.playground.cards import FamilyCard, family_cards
-from app.tgi.schemas import ErrorResponse
-
-if TYPE_CHECKING:
-    from app.server import ServiceState
 
 router = APIRouter(tags=["Models and prompts"])
 
-_ERRORS: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in (
-        (401, "Missing or wrong API key"),
-        (404, "Unknown model"),
-        (422, "Invalid body"),
-        (503, "Model loading or server shutting down"),
-    )
-}
+
+class ErrorBody(BaseModel):
+    """TGI's error shape, which every route outside `/v1` answers in (the app's default
+    `ErrorShape`); declared here for the schema, as the wire APIs do not import each other."""
+
+    error: str
+    error_type: str
+
+
+_ERRORS = documented_errors(
+    ErrorBody,
+    {
+        400: "Body is not JSON or not UTF-8",
+        401: "Missing or wrong API key",
+        404: "Unknown model",
+        422: "Invalid body",
+        503: "Model loading or server shutting down",
+    },
+)
 
 
 class PromptRequest(BaseModel):
@@ -75,9 +81,7 @@ async def list_families() -> list[FamilyCard]:
 async def render_prompt(body: PromptRequest, request: Request) -> PromptResponse:
     """The instruction wrapped in the model family's prompt format, as `lamini-serve prompt`
     prints it, with its token ids from the model's own tokenizer."""
-    state: ServiceState = request.app.state.service
-    served = state.model(body.model)
-    request.scope.setdefault("state", {})[MODEL_STATE_KEY] = served.name
+    served = served_model(request, body.model)
     model_input = served.family.prompt_format.wrap(body.inputs)
     token_ids = await asyncio.to_thread(served.engine.encode, model_input)
     return PromptResponse(

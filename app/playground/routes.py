@@ -2,8 +2,9 @@
 
 from fastapi import APIRouter
 
-from app.playground import api, page
+from app.playground.api import router as api_router
+from app.playground.page import router as page_router
 
 router = APIRouter()
-router.include_router(api.router)
-router.include_router(page.router)
+router.include_router(api_router)
+router.include_router(page_router)

@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.server import RunningServer, running_server
+
+from tests.support.server import RunningServer, running_server
 
 GPT_HUB_ID = "MBZUAI/LaMini-GPT-124M"
 FLAN_HUB_ID = "MBZUAI/LaMini-Flan-T5-77M"

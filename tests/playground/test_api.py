@@ -9,10 +9,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from support.server import REPO_ROOT, RunningServer
 
 from app.core.families import FAMILIES, get_family
 from app.playground.cards import EXAMPLES
+from tests.support.server import REPO_ROOT, RunningServer
 
 GPT = "twin:MBZUAI/LaMini-GPT-124M@tiny"
 FLAN = "twin:MBZUAI/LaMini-Flan-T5-77M@tiny"
@@ -105,7 +105,7 @@ def test_openapi_documents_the_new_routes_and_not_the_page(
     paths = playground_server.get("/openapi.json").json()["paths"]
     prompt = paths["/prompt"]["post"]
     assert prompt["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
-        "/ErrorResponse"
+        "/ErrorBody"
     )
     assert "/families" in paths
     assert not any(path.startswith("/playground") for path in paths)
@@ -118,8 +118,10 @@ def test_page_and_files_are_served_with_a_self_only_policy(
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     policy = page.headers["content-security-policy"]
-    assert "default-src 'none'" in policy and "script-src 'self'" in policy
-    assert "connect-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert "default-src 'none'" in policy
+    assert "script-src 'self'" in policy
+    assert "connect-src 'self'" in policy
+    assert "frame-ancestors 'none'" in policy
     assert page.headers["x-content-type-options"] == "nosniff"
     for name in STATIC_FILES:
         response = playground_server.get(f"/playground/static/{name}")
@@ -138,7 +140,7 @@ def test_page_refers_to_nothing_outside_its_own_server() -> None:
     for name in STATIC_FILES:
         text = (static / name).read_text()
         assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
-        assert "https://" not in text and "//cdn" not in text, name
+        assert "https://" not in text, name
 
 
 def test_wheel_ships_the_page_but_not_the_screenshot(tmp_path: Path) -> None:
