@@ -1,5 +1,5 @@
 """The server the playground tests share: two tiny twins of different families (a decoder-only
-Alpaca model and a seq2seq raw-prompt model), on the transformers engine."""
+Alpaca model, the default, and a seq2seq raw-prompt model), on the transformers engine."""
 
 from __future__ import annotations
 
@@ -8,17 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.openai_client import FLAN, FLAN_HUB_ID, GPT, GPT_HUB_ID
 from tests.support.server import RunningServer, running_server
-
-GPT_HUB_ID = "MBZUAI/LaMini-GPT-124M"
-FLAN_HUB_ID = "MBZUAI/LaMini-Flan-T5-77M"
-GPT = f"twin:{GPT_HUB_ID}@tiny"
-FLAN = f"twin:{FLAN_HUB_ID}@tiny"
 
 
 @pytest.fixture(scope="session")
 def playground_server(tiny_twin: Callable[[str], Path]) -> Iterator[RunningServer]:
-    tiny_twin(GPT_HUB_ID)
-    tiny_twin(FLAN_HUB_ID)
+    for hub_id in (GPT_HUB_ID, FLAN_HUB_ID):
+        tiny_twin(hub_id)
     with running_server([GPT, FLAN]) as server:
         yield server

@@ -12,10 +12,9 @@ import pytest
 
 from app.core.families import FAMILIES, get_family
 from app.playground.cards import EXAMPLES
+from tests.support.openai_client import FLAN, GPT
 from tests.support.server import REPO_ROOT, RunningServer
 
-GPT = "twin:MBZUAI/LaMini-GPT-124M@tiny"
-FLAN = "twin:MBZUAI/LaMini-Flan-T5-77M@tiny"
 INSTRUCTION = "Name three colours.\nThen stop."
 STATIC_FILES = ("index.html", "playground.css", "playground.js", "favicon.svg")
 

@@ -35,12 +35,11 @@ from tests.support.deploy import (
     start_child,
     write_nginx_main_config,
 )
+from tests.support.openai_client import FLAN, GPT
 from tests.support.server import RunningServer, free_port, running_server
 
 pytestmark = pytest.mark.slow
 
-GPT = "twin:MBZUAI/LaMini-GPT-124M@tiny"
-FLAN = "twin:MBZUAI/LaMini-Flan-T5-77M@tiny"
 INSTRUCTION = "Tell me about the sea."
 API_KEY = "playground-key-5e1f"
 WAIT_S = 60

@@ -309,7 +309,10 @@ class Pane {
       this.generated += tokens;
       this.lastAt = now;
       this.text += choice.text ?? "";
-      this.part(".answer").textContent = this.text;
+      const answer = this.part(".answer");
+      const following = answer.scrollHeight - answer.scrollTop - answer.clientHeight < 40;
+      answer.textContent = this.text;
+      if (following) answer.scrollTop = answer.scrollHeight; // keep the newest text in view
       if (choice.finish_reason) this.finish = choice.finish_reason;
       if (this.generated) this.setStatus("Streaming…", "busy");
     }
