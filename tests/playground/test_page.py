@@ -255,6 +255,42 @@ def test_two_models_answer_side_by_side_with_their_model_input(
     assert png_size(screenshot) == (1440, page.driver.execute_script("return innerHeight"))
 
 
+UNLABELLED_CONTROLS = """
+return [...document.querySelectorAll("input, textarea, select, button")]
+  .filter((el) => !(el.labels?.length || el.getAttribute("aria-label") ||
+                    (el.tagName === "BUTTON" && el.textContent.trim())))
+  .map((el) => el.outerHTML);
+"""
+
+
+def test_every_control_is_labelled_and_the_keyboard_reaches_send(page: Playground) -> None:
+    assert page.driver.execute_script(UNLABELLED_CONTROLS) == []
+    page.by_testid("instruction").click()
+    for _ in range(10):
+        page.driver.switch_to.active_element.send_keys(Keys.TAB)
+        if page.driver.switch_to.active_element.get_attribute("data-testid") == "send":
+            break
+    else:
+        raise AssertionError("Tab from the instruction never reached the send button")
+
+
+def test_at_phone_width_the_panes_stack_and_nothing_scrolls_sideways(page: Playground) -> None:
+    page.driver.set_window_size(390, 844)
+    try:
+        page.choose(GPT, FLAN)
+        width, viewport = page.driver.execute_script(
+            "return [document.documentElement.scrollWidth, window.innerWidth]"
+        )
+        assert width <= viewport
+        first, second = (page.by_testid(f"pane-{model}").rect for model in (GPT, FLAN))
+        assert second["y"] >= first["y"] + first["height"], "one pane under the other"
+        assert first["x"] + first["width"] <= viewport
+        # The answers come before the parameters, right under the send button.
+        assert first["y"] < page.by_testid("max-new-tokens").rect["y"]
+    finally:
+        page.driver.set_window_size(1440, 1100)
+
+
 def test_stop_cancels_the_generation_on_the_server(
     page: Playground, playground_server: RunningServer
 ) -> None:
@@ -361,15 +397,18 @@ def test_with_api_keys_the_page_opens_and_the_key_stays_in_the_browser(
     page.ask(max_new_tokens=8)
     page.wait_until_finished(GPT)
     assert page.status(GPT).startswith("Done"), page.error(GPT)
-    storage = browser.execute_script(
+    storage_script = (
         "return [sessionStorage.getItem('lamini-serve.api-key'),"
         " localStorage.getItem('lamini-serve.api-key'), document.cookie]"
     )
-    assert storage == [API_KEY, None, ""]
+    assert browser.execute_script(storage_script) == [API_KEY, None, ""]
     assert API_KEY not in browser.current_url
     page.open()  # a reload in the same tab keeps the key
     page.wait_for_models(1)
-    browser.execute_script("sessionStorage.clear()")
+    browser.find_element(By.ID, "remember-key").click()
+    page.by_testid("use-key").click()
+    assert browser.execute_script(storage_script) == [None, API_KEY, ""]
+    browser.execute_script("localStorage.clear()")
 
 
 def test_errors_of_a_busy_or_vanished_server_are_shown_in_words(browser: WebDriver) -> None:

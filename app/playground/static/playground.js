@@ -21,7 +21,14 @@ const state = {
 
 // --- talking to the server ------------------------------------------------------------------
 
-class ApiError extends Error {}
+class ApiError extends Error {
+  constructor(message, status = null) {
+    super(message);
+    this.status = status;
+  }
+}
+
+const LOADING_RETRY_MS = 2000;
 
 function storedKey() {
   return sessionStorage.getItem(KEY_STORAGE) ?? localStorage.getItem(KEY_STORAGE) ?? "";
@@ -78,7 +85,7 @@ async function call(path, options = {}) {
     if (error.name === "AbortError") throw error;
     throw unreachable();
   }
-  if (!response.ok) throw new ApiError(await describeFailure(response));
+  if (!response.ok) throw new ApiError(await describeFailure(response), response.status);
   return response;
 }
 
@@ -116,6 +123,8 @@ async function loadModels() {
   } catch (error) {
     $("models-empty").textContent = "No models yet.";
     notify(error.message);
+    // 503: the server is up but still loading a model; ask again until it is ready.
+    if (error.status === 503) setTimeout(loadModels, LOADING_RETRY_MS);
   }
 }
 
