@@ -49,9 +49,11 @@ def test_converting_lazily_cannot_work_on_a_read_only_store(
     filled_store: Path, tmp_path: Path
 ) -> None:
     """Why replicas need the setting: the default path locks the entry, which writes."""
-    with read_only_view(filled_store, tmp_path / "read-only") as view:
-        with pytest.raises(StoreEntryError, match="cannot write to the model store"):
-            load_model(MODEL, settings_for(view))
+    with (
+        read_only_view(filled_store, tmp_path / "read-only") as view,
+        pytest.raises(StoreEntryError, match="cannot write to the model store"),
+    ):
+        load_model(MODEL, settings_for(view))
 
 
 def test_a_missing_entry_is_an_error_naming_the_convert_command(tmp_path: Path) -> None:
