@@ -19,9 +19,12 @@ import kubernetes_validate
 import pytest
 import tomllib
 import yaml
-from support.deploy import NGINX_TEMPLATE, REPO_ROOT
-from support.dockerfile import parse_dockerfile
-from support.kubernetes import (
+
+from app.server import create_app
+from app.settings import Settings
+from tests.support.deploy import NGINX_TEMPLATE, REPO_ROOT
+from tests.support.dockerfile import parse_dockerfile
+from tests.support.kubernetes import (
     CRD_SCHEMAS_DIR,
     KUBERNETES_DIR,
     OVERLAYS,
@@ -34,10 +37,7 @@ from support.kubernetes import (
     render,
     render_overlay,
 )
-from support.server import running_server
-
-from app.server import create_app
-from app.settings import Settings
+from tests.support.server import running_server
 
 KUBERNETES_VERSION = "1.32.0"
 NAMESPACE = "lamini"
@@ -142,8 +142,9 @@ def keda_trigger(rendered: dict[str, list[Manifest]]) -> dict[str, Any]:
 
 def prestop_seconds(container: Manifest) -> float:
     command = container["lifecycle"]["preStop"]["exec"]["command"]
-    assert command[0] == "sleep" and len(command) == 2, command
-    return float(command[1])
+    sleep, seconds = command
+    assert sleep == "sleep", command
+    return float(seconds)
 
 
 def environment(objects: list[Manifest], container: Manifest) -> dict[str, str]:
@@ -212,8 +213,9 @@ def test_probes_use_the_servers_routes_and_port(overlay: list[Manifest]) -> None
     container = server_container(overlay)
     env = environment(overlay, container)
     (port,) = container["ports"]
-    assert port["containerPort"] == int(env["LAMINI_PORT"]) and env["LAMINI_HOST"] == "0.0.0.0"
-    routes = {getattr(route, "path", None) for route in create_app(Settings()).routes}
+    assert port["containerPort"] == int(env["LAMINI_PORT"])
+    assert env["LAMINI_HOST"] == "0.0.0.0"
+    routes = set(create_app(Settings()).openapi()["paths"])
     probes = {kind: container[f"{kind}Probe"]["httpGet"] for kind in ("startup", "readiness")}
     probes["liveness"] = container["livenessProbe"]["httpGet"]
     assert {kind: probe["path"] for kind, probe in probes.items()} == {
@@ -250,15 +252,18 @@ def test_replicas_run_hardened_as_the_images_user(overlay: list[Manifest]) -> No
     for workload in (deployment(overlay), find(overlay, "Job")):
         pod = workload["spec"]["template"]["spec"]
         context = pod["securityContext"]
-        assert context["runAsNonRoot"] and context["runAsUser"] == uid == context["fsGroup"]
+        assert context["runAsNonRoot"]
+        assert context["runAsUser"] == uid == context["fsGroup"]
         container = only_container(workload)
         hardened = container["securityContext"]
-        assert hardened["readOnlyRootFilesystem"] and not hardened["allowPrivilegeEscalation"]
+        assert hardened["readOnlyRootFilesystem"]
+        assert not hardened["allowPrivilegeEscalation"]
         assert hardened["capabilities"]["drop"] == ["ALL"]
         volumes = {volume["name"]: volume for volume in pod["volumes"]}
         tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
         assert "emptyDir" in volumes[tmp["name"]], "a writable /tmp on a read-only root"
-        assert not pod["automountServiceAccountToken"] and not pod["enableServiceLinks"]
+        assert not pod["automountServiceAccountToken"]
+        assert not pod["enableServiceLinks"]
 
 
 def test_the_store_is_converted_once_and_mounted_read_only(overlay: list[Manifest]) -> None:
@@ -284,9 +289,11 @@ def test_the_store_is_converted_once_and_mounted_read_only(overlay: list[Manifes
     assert server_volume["persistentVolumeClaim"]["claimName"] == claim
     assert find(overlay, "PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteMany"]
     assert not job_mount.get("readOnly")
-    assert server_mount["readOnly"] and server_volume["persistentVolumeClaim"]["readOnly"]
+    assert server_mount["readOnly"]
+    assert server_volume["persistentVolumeClaim"]["readOnly"]
     server_env = environment(overlay, server_container(overlay))
-    assert server_env["LAMINI_CONVERT"] == "never" and server_env["HF_HUB_OFFLINE"] == "1"
+    assert server_env["LAMINI_CONVERT"] == "never"
+    assert server_env["HF_HUB_OFFLINE"] == "1"
     job_env = environment(overlay, only_container(job))
     for shared in ("LAMINI_MODELS", "LAMINI_ENGINE", "LAMINI_QUANTIZATION", "LAMINI_STORE_DIR"):
         assert job_env[shared] == server_env[shared], f"the Job and replicas disagree: {shared}"
@@ -328,7 +335,8 @@ def test_the_cuda_overlay_asks_for_a_gpu_and_runs_on_it() -> None:
     container = server_container(objects)
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     env = environment(objects, container)
-    assert env["LAMINI_DEVICE"] == "cuda" and env["LAMINI_QUANTIZATION"] == "float16"
+    assert env["LAMINI_DEVICE"] == "cuda"
+    assert env["LAMINI_QUANTIZATION"] == "float16"
 
 
 # --- autoscaling and monitoring --------------------------------------------------------------
@@ -392,7 +400,8 @@ def test_metric_names_exist_in_a_real_servers_metrics(
     used |= set(re.findall(r"\blamini_\w+", keda_trigger(rendered)["metadata"]["query"]))
     model = "twin:MBZUAI/LaMini-Flan-T5-77M@tiny"
     with running_server([model], env={"LAMINI_API_KEYS_FILE": str(keys)}) as server:
-        assert server.get("/health").status_code == 200 and server.get("/ready").status_code == 200
+        assert server.get("/health").status_code == 200
+        assert server.get("/ready").status_code == 200
         answer = server.post(
             "/generate",
             json={"inputs": "Hi", "parameters": {"max_new_tokens": 2}},

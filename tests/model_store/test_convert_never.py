@@ -7,14 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.kubernetes import read_only_view
-from support.server import running_server
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import StoreEntryError
-from app.core.families import EngineKind
 from app.settings import Settings
 from model_store.resolver import ensure_converted, load_model
 from model_store.sources import resolve_source
+from tests.support.kubernetes import read_only_view
+from tests.support.server import running_server
 
 HUB_ID = "MBZUAI/LaMini-Flan-T5-77M"
 MODEL = f"twin:{HUB_ID}@tiny"
@@ -62,7 +62,8 @@ def test_a_missing_entry_is_an_error_naming_the_convert_command(tmp_path: Path) 
         load_model(MODEL, settings_for(store_dir, convert="never"))
     message = str(raised.value)
     assert "no store entry" in message
-    assert f"lamini-serve convert {MODEL}" in message and "LAMINI_CONVERT=never" in message
+    assert f"lamini-serve convert {MODEL}" in message
+    assert "LAMINI_CONVERT=never" in message
     assert not store_dir.exists(), "nothing may be written to the store"
 
 
@@ -78,4 +79,5 @@ def test_the_server_exits_at_startup_when_the_entry_is_missing(tiny_twin, tmp_pa
         returncode = server.process.wait(timeout=60)
         log = server.log()
     assert returncode != 0
-    assert "no store entry" in log and f"lamini-serve convert {MODEL}" in log
+    assert "no store entry" in log
+    assert f"lamini-serve convert {MODEL}" in log

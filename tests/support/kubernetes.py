@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from support.deploy import DEPLOY_DIR, image_command, require_binary
-from support.dockerfile import parse_dockerfile
+from tests.support.deploy import DEPLOY_DIR, image_command, require_binary
+from tests.support.dockerfile import parse_dockerfile
 
 KUBERNETES_DIR = DEPLOY_DIR / "kubernetes"
 CRD_SCHEMAS_DIR = KUBERNETES_DIR / "crd-schemas"
