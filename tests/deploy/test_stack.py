@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -389,10 +390,16 @@ API_KEY = "rolling-update-key"
 PRESTOP_S = 1.0
 
 
-def twin_model() -> dict[str, str]:
-    """The hub is out of reach: the model's tiny twin stands in, from the session's twin cache
-    (writable, unlike the pods' volume; twins are a test's stand-in for hub checkpoints)."""
-    return {"LAMINI_MODELS": MODEL, "LAMINI_TWIN_CACHE_DIR": os.environ["LAMINI_TWIN_CACHE_DIR"]}
+# The hub is out of reach: the models the ConfigMap names are seeded into the Hugging Face cache
+# on the volume, as the convert Job's download would leave them, from their tiny twins' files.
+SEEDED_REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def seed_hf_cache(hf_home: Path, hub_id: str, checkpoint: Path) -> None:
+    repo = hf_home / "hub" / f"models--{hub_id.replace('/', '--')}"
+    shutil.copytree(checkpoint, repo / "snapshots" / SEEDED_REVISION)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(SEEDED_REVISION)
 
 
 @dataclass
@@ -413,7 +420,7 @@ class Cluster:
 
     def start_pod(self, index: int) -> Replica:
         port = free_port()
-        overrides = {**twin_model(), "LAMINI_HOST": "127.0.0.1", "LAMINI_PORT": str(port)}
+        overrides = {"LAMINI_HOST": "127.0.0.1", "LAMINI_PORT": str(port)}
         command, env = container_process(self.objects, self.deployment, self.mounts, overrides)
         log = self.workdir / f"pod-{index}.log"
         pod = Replica(start_child(f"pod {index}", command, log, env), port)
@@ -455,9 +462,9 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tiny_twin, tmp_path: Path) -> Iterator[Cluster]:
-    """The cpu overlay: its convert Job run once into the volume, then as many pods as the
-    Deployment asks for, each mounting the volume read-only, behind nginx."""
-    tiny_twin(HUB_ID)
+    """The cpu overlay as rendered (its ConfigMap's model included): its convert Job run once
+    into the volume, then as many pods as the Deployment asks for, each mounting the volume
+    read-only, behind nginx."""
     objects = render_overlay("cpu")
     volume, keys = tmp_path / "volume", tmp_path / "api-keys"
     volume.mkdir()
@@ -465,7 +472,10 @@ def cluster(tiny_twin, tmp_path: Path) -> Iterator[Cluster]:
     digest = hashlib.sha256(API_KEY.encode()).hexdigest()
     (keys / "keys.sha256").write_text(f"{digest}\n")
     job_mounts = {"/data": volume, "/tmp": tmp_path / "job-tmp"}
-    command, env = container_process(objects, find(objects, "Job"), job_mounts, twin_model())
+    offline = {"HF_HUB_OFFLINE": "1"}
+    command, env = container_process(objects, find(objects, "Job"), job_mounts, offline)
+    for hub_id in env["LAMINI_MODELS"].split(","):
+        seed_hf_cache(Path(env["HF_HOME"]), hub_id, tiny_twin(hub_id))
     job = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert job.returncode == 0, job.stderr
     with ExitStack() as stack:
