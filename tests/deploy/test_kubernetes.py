@@ -29,13 +29,16 @@ from tests.support.kubernetes import (
     KUBERNETES_DIR,
     OVERLAYS,
     Manifest,
+    adapter_rules,
     container_environment,
     find,
     image_stage,
+    keda_trigger,
     kustomizations,
     only_container,
     render,
     render_overlay,
+    series_name,
 )
 from tests.support.server import running_server
 
@@ -122,24 +125,6 @@ def hpa_metric(objects: list[Manifest]) -> tuple[str, float]:
     return metric["pods"]["metric"]["name"], float(target["averageValue"])
 
 
-def adapter_rules(rendered: dict[str, list[Manifest]]) -> list[dict[str, Any]]:
-    config = find(rendered["monitoring"], "ConfigMap", "adapter-config")["data"]["config.yaml"]
-    return yaml.safe_load(config)["rules"]
-
-
-def series_name(selector: str) -> str:
-    """The metric name of a PromQL series selector (`name{labels}`)."""
-    match = re.fullmatch(r"(\w+)(\{.*\})?", selector.strip())
-    assert match, f"not a series selector: {selector!r}"
-    return match.group(1)
-
-
-def keda_trigger(rendered: dict[str, list[Manifest]]) -> dict[str, Any]:
-    (trigger,) = find(rendered["overlays/cpu-keda"], "ScaledObject")["spec"]["triggers"]
-    assert trigger["type"] == "prometheus"
-    return trigger
-
-
 def prestop_seconds(container: Manifest) -> float:
     command = container["lifecycle"]["preStop"]["exec"]["command"]
     sleep, seconds = command
@@ -187,7 +172,8 @@ def test_namespaced_objects_share_one_namespace(rendered: dict[str, list[Manifes
         for item in objects:
             expected = "monitoring" if item["metadata"]["name"] == "adapter-config" else NAMESPACE
             assert item["metadata"].get("namespace") == expected, (directory, item["kind"])
-    assert f'namespace="{NAMESPACE}"' in keda_trigger(rendered)["metadata"]["query"]
+    keda_query = keda_trigger(rendered["overlays/cpu-keda"])["metadata"]["query"]
+    assert f'namespace="{NAMESPACE}"' in keda_query
 
 
 # --- the replicas ----------------------------------------------------------------------------
@@ -245,6 +231,7 @@ def test_grace_period_outlasts_the_prestop_delay_and_the_drain(overlay: list[Man
     assert pod["terminationGracePeriodSeconds"] > delay + drain
     strategy = deployment(overlay)["spec"]["strategy"]["rollingUpdate"]
     assert strategy == {"maxSurge": 1, "maxUnavailable": 0}
+    assert "replicas" not in deployment(overlay)["spec"], "the autoscaler owns the count"
 
 
 def test_replicas_run_hardened_as_the_images_user(overlay: list[Manifest]) -> None:
@@ -349,7 +336,8 @@ def test_the_hpa_metric_is_the_one_the_adapter_rule_serves(
         metric, _ = hpa_metric(rendered[name])
         hpa = find(rendered[name], "HorizontalPodAutoscaler")["spec"]
         assert hpa["scaleTargetRef"]["name"] == deployment(rendered[name])["metadata"]["name"]
-        served = [rule for rule in adapter_rules(rendered) if rule["name"]["as"] == metric]
+        rules = adapter_rules(rendered["monitoring"])
+        served = [rule for rule in rules if rule["name"]["as"] == metric]
         assert len(served) == 1, f"no adapter rule serves {metric}"
         rule = served[0]
         assert re.search(rule["name"]["matches"], series_name(rule["seriesQuery"]))
@@ -362,7 +350,7 @@ def test_keda_scales_on_the_same_metric_and_target_as_the_hpa(
     rendered: dict[str, list[Manifest]],
 ) -> None:
     metric, target = hpa_metric(rendered["overlays/cpu"])
-    trigger = keda_trigger(rendered)
+    trigger = keda_trigger(rendered["overlays/cpu-keda"])
     assert trigger["metricType"] == "AverageValue"
     assert float(trigger["metadata"]["threshold"]) == target
     assert re.search(rf"\b{metric}\{{", trigger["metadata"]["query"])
@@ -396,8 +384,9 @@ def test_metric_names_exist_in_a_real_servers_metrics(
     keys = tmp_path / "keys.sha256"
     keys.write_text(hashlib.sha256(b"cluster-key").hexdigest() + "\n")
     used = {hpa_metric(rendered["overlays/cpu"])[0]}
-    used |= {series_name(rule["seriesQuery"]) for rule in adapter_rules(rendered)}
-    used |= set(re.findall(r"\blamini_\w+", keda_trigger(rendered)["metadata"]["query"]))
+    used |= {series_name(rule["seriesQuery"]) for rule in adapter_rules(rendered["monitoring"])}
+    keda_query = keda_trigger(rendered["overlays/cpu-keda"])["metadata"]["query"]
+    used |= set(re.findall(r"\blamini_\w+", keda_query))
     model = "twin:MBZUAI/LaMini-Flan-T5-77M@tiny"
     with running_server([model], env={"LAMINI_API_KEYS_FILE": str(keys)}) as server:
         assert server.get("/health").status_code == 200

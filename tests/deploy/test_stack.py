@@ -50,12 +50,17 @@ from tests.support.deploy import (
 )
 from tests.support.dockerfile import parse_dockerfile
 from tests.support.kubernetes import (
+    KUBERNETES_DIR,
     Manifest,
+    adapter_rules,
     container_process,
     find,
+    keda_trigger,
     only_container,
     read_only_view,
+    render,
     render_overlay,
+    series_name,
 )
 from tests.support.server import RunningServer, free_port
 
@@ -293,6 +298,29 @@ def test_recording_rules_and_dashboard_queries_run_on_prometheus(stack: Stack) -
     assert set(empty) <= {"Rejected and cancelled requests"}, empty
 
 
+def test_the_autoscalers_queries_run_on_prometheus(stack: Stack) -> None:
+    """deploy/kubernetes' prometheus-adapter rule, expanded as the adapter expands it (its pod
+    matchers and grouping swapped for this stack's replica job and instances), gives one value
+    per replica; KEDA's query is valid PromQL (no pod labels here, so no series)."""
+    for _ in range(len(stack.replicas)):
+        assert generate(stack.lb_url).status_code == 200
+    (rule,) = adapter_rules(render(KUBERNETES_DIR / "monitoring"))
+    query = (
+        rule["metricsQuery"]
+        .replace("<<.Series>>", series_name(rule["seriesQuery"]))
+        .replace("<<.LabelMatchers>>", f'job="{REPLICA_JOB}"')
+        .replace("<<.GroupBy>>", "instance")
+    )
+    expected = {replica.address for replica in stack.replicas}
+
+    def one_value_per_replica() -> bool:
+        return {s["metric"]["instance"] for s in stack.prometheus.query(query)} == expected
+
+    wait_until(one_value_per_replica, 30, f"{query} for every replica")
+    keda_query = keda_trigger(render_overlay("cpu-keda"))["metadata"]["query"]
+    assert stack.prometheus.query(keda_query) == []
+
+
 Outcome = tuple[bool, int | str]  # (sent after the replica was gone, status or exception)
 
 
@@ -463,7 +491,7 @@ class Cluster:
 @pytest.fixture
 def cluster(tiny_twin, tmp_path: Path) -> Iterator[Cluster]:
     """The cpu overlay as rendered (its ConfigMap's model included): its convert Job run once
-    into the volume, then as many pods as the Deployment asks for, each mounting the volume
+    into the volume, then as many pods as the autoscaler keeps at rest, each mounting the volume
     read-only, behind nginx."""
     objects = render_overlay("cpu")
     volume, keys = tmp_path / "volume", tmp_path / "api-keys"
@@ -488,7 +516,8 @@ def cluster(tiny_twin, tmp_path: Path) -> Iterator[Cluster]:
         include = tmp_path / "nginx" / "lamini.conf"
         cluster = Cluster(objects, mounts, tmp_path, include, lb_url, [], [])
         stack.callback(lambda: [pod.child.stop() for pod in cluster.started])
-        for index in range(cluster.deployment["spec"]["replicas"]):
+        at_rest = find(objects, "HorizontalPodAutoscaler")["spec"]["minReplicas"]
+        for index in range(at_rest):
             cluster.pods.append(cluster.start_pod(index))
         for pod in cluster.pods:
             cluster.wait_ready(pod)

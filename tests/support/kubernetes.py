@@ -71,6 +71,26 @@ def only_container(workload: Manifest) -> Manifest:
     return containers[0]
 
 
+def adapter_rules(monitoring: list[Manifest]) -> list[dict[str, Any]]:
+    """The prometheus-adapter rules in the rendered monitoring/ kustomization."""
+    config = find(monitoring, "ConfigMap", "adapter-config")["data"]["config.yaml"]
+    return yaml.safe_load(config)["rules"]
+
+
+def keda_trigger(keda_overlay: list[Manifest]) -> dict[str, Any]:
+    """The one Prometheus trigger of the rendered KEDA overlay's ScaledObject."""
+    (trigger,) = find(keda_overlay, "ScaledObject")["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    return trigger
+
+
+def series_name(selector: str) -> str:
+    """The metric name of a PromQL series selector (`name{labels}`)."""
+    match = re.fullmatch(r"(\w+)(\{.*\})?", selector.strip())
+    assert match, f"not a series selector: {selector!r}"
+    return match.group(1)
+
+
 def image_stage(image: str) -> str:
     """The Dockerfile stage an image reference was built from (`registry/lamini-serve:tag`)."""
     repository = image.rsplit("/", 1)[-1].split(":", 1)[0]
