@@ -483,9 +483,9 @@ class Cluster:
         self.pods.remove(pod)
         self.route_to_ready_pods()
         time.sleep(PRESTOP_S)
-        pod.child.process.send_signal(signal.SIGTERM)
+        pod.child.process.send_signal(signal.SIGTERM)  # once, as the kubelet sends it
         assert not answers_ok(f"{pod.url}/ready"), "readiness goes off at SIGTERM"
-        return pod.child.stop(signal.SIGTERM, timeout_s=spec["terminationGracePeriodSeconds"])
+        return pod.child.process.wait(timeout=spec["terminationGracePeriodSeconds"])
 
 
 @pytest.fixture
