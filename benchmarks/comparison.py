@@ -15,6 +15,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from benchmarks.openloop_results import OpenLoopRun
 from benchmarks.options import SystemName
 from benchmarks.results import Measurement, SystemRun
 
@@ -86,6 +87,7 @@ def _throughput_comparisons(
         ("vs sequential pipeline", SystemName.PIPELINE, {}, 10),
         ("vs best batched pipeline", SystemName.PIPELINE_BATCHED, {}, 3),
         (f"vs LitServe c={at}", SystemName.LITSERVE, {"concurrency": at, "streaming": False}, 3),
+        (f"vs vLLM c={at}", SystemName.VLLM, {"concurrency": at, "streaming": False}, 1.5),
         (
             f"vs raw engine best, <= {at} in flight",
             SystemName.RAW_ENGINE,
@@ -150,6 +152,69 @@ def _latency_comparison(runs: list[SystemRun], n: int, quantization: str) -> lis
     ]
 
 
+def _open_loop_runs(runs: list[SystemRun], system: SystemName) -> list[OpenLoopRun]:
+    return [series for run in runs if run.system is system and run.ok for series in run.open_loop]
+
+
+def _ratio(lamini: float, other: float) -> float:
+    """lamini / other; a peer that never met the objective (0) loses to any rate that did."""
+    if other > 0:
+        return lamini / other
+    return math.inf if lamini > 0 else math.nan
+
+
+def _open_loop_pair(lamini: OpenLoopRun, peer: OpenLoopRun) -> list[Comparison]:
+    """The issue's open-loop goals for one lamini-serve configuration against the peer: TTFT
+    p99 and end-to-end p99 at or below the peer's at every rate both measured, and the highest
+    rate within the TTFT objective >= 1.3x the peer's."""
+    peer_rates = {m.rate: m for m in peer.rates}
+    figures = (("TTFT p99", "ttft_p99_s"), ("e2e p99", "e2e_p99_s"))
+    comparisons = [
+        Comparison(
+            name=f"open loop {measured.rate:g} req/s {name} vs vLLM",
+            max_new_tokens=0,
+            quantization=lamini.quantization,
+            lamini=getattr(measured, field),
+            other=getattr(peer_rates[measured.rate], field),
+            ratio=_ratio(getattr(measured, field), getattr(peer_rates[measured.rate], field)),
+            target=1.0,
+            higher_is_better=False,
+            lamini_variant=lamini.label,
+            other_variant=peer.label,
+        )
+        for measured in lamini.rates
+        if measured.rate in peer_rates
+        for name, field in figures
+    ]
+    mine, theirs = lamini.max_rate_within_objective, peer.max_rate_within_objective
+    comparisons.append(
+        Comparison(
+            name=f"open loop highest rate with TTFT p99 <= {lamini.ttft_objective_s:g}s vs vLLM",
+            max_new_tokens=0,
+            quantization=lamini.quantization,
+            lamini=mine or 0.0,
+            other=theirs or 0.0,
+            ratio=_ratio(mine or 0.0, theirs or 0.0),
+            target=1.3,
+            higher_is_better=True,
+            lamini_variant=lamini.label,
+            other_variant=peer.label,
+        )
+    )
+    return comparisons
+
+
+def open_loop_comparisons(runs: list[SystemRun]) -> list[Comparison]:
+    """Every lamini-serve open-loop series against vLLM's (none without the peer)."""
+    peers = _open_loop_runs(runs, SystemName.VLLM)
+    return [
+        comparison
+        for lamini in _open_loop_runs(runs, SystemName.LAMINI)
+        for peer in peers
+        for comparison in _open_loop_pair(lamini, peer)
+    ]
+
+
 def compare(
     runs: list[SystemRun],
     max_new_tokens: list[int],
@@ -166,4 +231,4 @@ def compare(
             *_throughput_comparisons(runs, n, quantization, at),
             *_latency_comparison(runs, n, quantization),
         ]
-    ]
+    ] + open_loop_comparisons(runs)

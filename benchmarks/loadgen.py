@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -29,6 +30,24 @@ class CallResult:
 
 
 RequestSender = Callable[[httpx.AsyncClient, str], Awaitable[CallResult]]
+
+
+def json_sender(
+    url: str, body: Callable[[str], dict[str, object]], tokens: Callable[[Any], int]
+) -> RequestSender:
+    """A sender of one non-streamed request per instruction, timed end to end: `body` makes
+    the JSON body, `tokens` reads the generated-token count from the answer; anything but 200
+    is an error result."""
+
+    async def send(client: httpx.AsyncClient, instruction: str) -> CallResult:
+        started = time.perf_counter()
+        response = await client.post(url, json=body(instruction))
+        latency = time.perf_counter() - started
+        if response.status_code != 200:
+            return CallResult(latency, 0, error=f"HTTP {response.status_code}: {response.text}")
+        return CallResult(latency, tokens(response.json()))
+
+    return send
 
 
 @dataclass

@@ -87,3 +87,15 @@ def machine_facts() -> dict[str, object]:
             if name.startswith(_RECORDED_ENV_PREFIXES) and "KEY" not in name
         },
     }
+
+
+def cpu_times() -> tuple[float, float]:
+    """(steal, total) CPU seconds since boot, all cores (steal is 0 where not reported)."""
+    times = psutil.cpu_times()
+    return getattr(times, "steal", 0.0), sum(times)
+
+
+def steal_share(before: tuple[float, float], after: tuple[float, float]) -> float | None:
+    """Share of CPU time stolen by the hypervisor between two `cpu_times()` readings."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else None

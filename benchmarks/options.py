@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -22,6 +23,7 @@ class SystemName(str, enum.Enum):
     PIPELINE_BATCHED = "pipeline-batched"
     LITSERVE = "litserve"
     RAW_ENGINE = "raw-engine"
+    VLLM = "vllm"
     LAMINI = "lamini-serve"
 
 
@@ -69,10 +71,49 @@ class BenchOptions(BaseModel):
         default_factory=dict,
         description="extra LAMINI_* settings for the lamini-serve server (threads, batching)",
     )
+    lamini_configs: list[str] = Field(
+        default_factory=list,
+        description="lamini-serve configurations as ENGINE:QUANTIZATION (e.g. ct2:int8); "
+        "empty = --engine with each of --quantizations",
+    )
+    open_loop_rates: list[float] = Field(
+        default_factory=lambda: [2.0, 4.0, 6.0],
+        description="Poisson arrival rates (req/s) always measured; empty = no open loop",
+    )
+    open_loop_requests: int = Field(default=80, ge=1, description="requests per rate")
+    open_loop_rate_step: float = Field(
+        default=2.0, gt=0, description="the upward search for the TTFT objective's highest rate"
+    )
+    open_loop_max_rate: float = Field(default=16.0, gt=0, description="the search's cap")
+    open_loop_ttft_objective_s: float = Field(default=0.5, gt=0, description="TTFT p99 bound")
+    open_loop_min_tokens: int = Field(default=8, ge=1)
+    open_loop_max_tokens: int = Field(
+        default=256, ge=1, description="max_tokens = reference length, clipped to min..max"
+    )
+    open_loop_time_budget_s: float = Field(
+        default=120.0, gt=0, description="a rate stops sending new requests after this"
+    )
+    open_loop_seed: int = 0
+    peak_rss_clients: int = Field(
+        default=64, ge=1, description="concurrent requests of the peak-RSS measurement"
+    )
+    vllm_venv: Path = Field(
+        default=Path("/work/venvs/vllm"), description="virtualenv made by benchmarks/install-vllm"
+    )
+    vllm_dtype: str = "bfloat16"
+    vllm_kv_cache_gib: int = Field(default=2, ge=1, description="VLLM_CPU_KVCACHE_SPACE")
+    vllm_cpu_bind: Literal["auto", "all"] = Field(
+        default="all",
+        description="auto: vLLM's default (one core kept for its API server); all: its compute "
+        "threads on every usable core",
+    )
     server_ready_timeout_s: float = Field(default=900.0, gt=0)
     twin_cache_dir: Path
     work_dir: Path
     output_dir: Path
+    tag: str = Field(
+        default="", pattern=r"^[A-Za-z0-9._-]*$", description="suffix of the result files' names"
+    )
     quick: bool = False
 
     @field_validator("systems")
@@ -81,6 +122,29 @@ class BenchOptions(BaseModel):
         if not systems:
             raise ValueError("name at least one system")
         return [system for system in SystemName if system in systems]
+
+    @field_validator("open_loop_rates")
+    @classmethod
+    def _rates_positive_and_sorted(cls, values: list[float]) -> list[float]:
+        if any(v <= 0 for v in values):
+            raise ValueError("rates must be > 0")
+        return sorted(set(values))
+
+    @field_validator("lamini_configs")
+    @classmethod
+    def _engine_colon_quantization(cls, values: list[str]) -> list[str]:
+        if any(not engine or not quantization for engine, _, quantization in map(_split, values)):
+            raise ValueError("each configuration is ENGINE:QUANTIZATION, e.g. ct2:int8")
+        return values
+
+    def served_configs(self) -> list[tuple[str, str]]:
+        """lamini-serve's (engine, quantization) pairs, in the order they run."""
+        if self.lamini_configs:
+            return [
+                (engine, quantization)
+                for engine, _, quantization in map(_split, self.lamini_configs)
+            ]
+        return [(self.engine, quantization) for quantization in self.quantizations]
 
     @field_validator("max_new_tokens", "concurrency", "pipeline_batch_sizes", "engine_batch_sizes")
     @classmethod
@@ -101,10 +165,15 @@ class BenchOptions(BaseModel):
             * len(self.ct2_threads)
             * lengths
             * raw_per_length,
-            SystemName.LAMINI: len(self.quantizations) * lengths * levels * 2,
+            SystemName.VLLM: lengths * levels,
+            SystemName.LAMINI: len(self.served_configs()) * lengths * levels * 2,
         }
         return sum(per_system[system] for system in self.systems)
 
     def requests_at(self, parallelism: int) -> int:
         """Timed requests for one measurement: enough for every client or batch to go twice."""
         return max(self.requests, 2 * parallelism)
+
+
+def _split(config: str) -> tuple[str, str, str]:
+    return config.partition(":")

@@ -15,9 +15,14 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from benchmarks import openloop_report
 from benchmarks.comparison import Comparison, best_measurement, compare, reference_concurrency
 from benchmarks.options import BenchOptions, SystemName
+from benchmarks.plotting import finish_axis, pyplot, save
 from benchmarks.results import Measurement, SystemRun
+
+# The systems driven over HTTP by closed-loop clients (plotted against concurrency).
+_HTTP_SYSTEMS = (SystemName.LAMINI, SystemName.LITSERVE, SystemName.VLLM)
 
 # Line styles of the horizontal baseline lines (one per baseline, at most four quantisations).
 _BASELINE_STYLES = ("--", "-.", ":", (0, (5, 1)), (0, (1, 3)), (0, (3, 1, 1, 1)))
@@ -37,10 +42,11 @@ class BenchReport(BaseModel):
     wall_s: float
 
     def comparisons(self) -> list[Comparison]:
+        served = sorted({quantization for _engine, quantization in self.options.served_configs()})
         return compare(
             self.systems,
             self.options.max_new_tokens,
-            self.options.quantizations,
+            served,
             self.options.concurrency,
         )
 
@@ -74,7 +80,7 @@ def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
 
 def _measurement_row(m: Measurement) -> list[str]:
     return [
-        m.system.value,
+        m.system.value + (f" {m.engine}" if m.engine else ""),
         m.quantization,
         m.variant,
         str(m.max_new_tokens),
@@ -134,7 +140,7 @@ def markdown(report: BenchReport) -> str:
         (
             [
                 c.name,
-                str(c.max_new_tokens),
+                str(c.max_new_tokens) if c.max_new_tokens else "reference",
                 c.quantization,
                 f"{_fmt(c.lamini, 3)} ({c.lamini_variant})",
                 f"{_fmt(c.other, 3)} ({c.other_variant})",
@@ -152,6 +158,7 @@ def markdown(report: BenchReport) -> str:
             "ok",
             "run (s)",
             "CPU probe before / after",
+            "CPU steal",
             "peak RSS MiB",
             "threads, settings",
             "cold start (s)",
@@ -160,9 +167,10 @@ def markdown(report: BenchReport) -> str:
         (
             [
                 run.system.value,
-                "yes" if run.ok else f"**failed**: {run.error}",
+                _status(run),
                 _fmt(run.wall_s or math.nan, 0),
                 " / ".join(f"{speed:g}" for speed in run.cpu_speed) or "-",
+                "-" if run.cpu_steal is None else f"{run.cpu_steal:.0%}",
                 _fmt(run.peak_rss_mb or math.nan, 0),
                 ", ".join(f"{k}: {v}" for k, v in {**run.threads, **run.settings}.items()) or "-",
                 ", ".join(f"{k} {v:.1f}" for k, v in run.cold_start_s.items()) or "-",
@@ -190,7 +198,15 @@ def markdown(report: BenchReport) -> str:
         ],
         (_measurement_row(m) for run in report.systems for m in run.measurements),
     )
+    lines += openloop_report.markdown_lines(report.systems)
+    lines += openloop_report.peak_rss_lines(report.systems)
     return "\n".join(lines) + "\n"
+
+
+def _status(run: SystemRun) -> str:
+    if run.skipped:
+        return f"skipped: {run.skipped}"
+    return "yes" if run.ok else f"**failed**: {run.error}"
 
 
 def _best_tokens_per_s(report: BenchReport, system: SystemName, **fields: object) -> float:
@@ -200,22 +216,19 @@ def _best_tokens_per_s(report: BenchReport, system: SystemName, **fields: object
 
 def plot_throughput(report: BenchReport, path: Path) -> None:
     """Tokens/s against concurrency for the HTTP systems; in-process baselines as lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     lengths = report.options.max_new_tokens
     at = reference_concurrency(report.options.concurrency)
     figure, axes = plt.subplots(1, len(lengths), figsize=(7 * len(lengths), 5), squeeze=False)
     for axis, n in zip(axes[0], lengths, strict=True):
         for run in report.systems:
-            if run.system not in (SystemName.LAMINI, SystemName.LITSERVE):
+            if run.system not in _HTTP_SYSTEMS:
                 continue
             series: dict[str, list[Measurement]] = {}
             for m in run.measurements:
                 if m.max_new_tokens == n and m.concurrency is not None:
-                    key = f"{run.system.value} {m.quantization}" + (
+                    engine = f" {m.engine}" if m.engine else ""
+                    key = f"{run.system.value}{engine} {m.quantization}" + (
                         " stream" if m.streaming else ""
                     )
                     series.setdefault(key, []).append(m)
@@ -255,28 +268,21 @@ def plot_throughput(report: BenchReport, path: Path) -> None:
         axis.set_xscale("log", base=2)
         levels = report.options.concurrency
         axis.set_xticks(levels, [str(level) for level in levels])
-        axis.set_xlabel("concurrent clients (closed loop)")
         axis.set_ylabel("generated tokens/s")
-        axis.set_title(f"{report.model}: {n} new tokens")
-        axis.grid(True, alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+        finish_axis(
+            axis, title=f"{report.model}: {n} new tokens", xlabel="concurrent clients (closed loop)"
+        )
+    save(figure, path)
 
 
 def plot_latency(report: BenchReport, path: Path) -> None:
     """Latency distribution per concurrency level (non-streaming) for the HTTP systems."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = max(report.options.max_new_tokens)
     boxes = [
-        (f"{run.system.value}\n{m.quantization} c={m.concurrency}", m.latencies_s)
+        (f"{run.system.value}\n{m.engine or ''} {m.quantization} c={m.concurrency}", m.latencies_s)
         for run in report.systems
-        if run.system in (SystemName.LAMINI, SystemName.LITSERVE)
+        if run.system in _HTTP_SYSTEMS
         for m in run.measurements
         if m.max_new_tokens == n and not m.streaming and m.latencies_s
     ]
@@ -288,9 +294,7 @@ def plot_latency(report: BenchReport, path: Path) -> None:
     axis.set_ylabel("request latency (s, log scale), whiskers p1-p99")
     axis.set_title(f"{report.model}: latency distribution, {n} new tokens")
     axis.grid(True, axis="y", alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save(figure, path)
 
 
 def model_slug(model: str) -> str:
@@ -300,11 +304,12 @@ def model_slug(model: str) -> str:
 
 
 def write_report(report: BenchReport, out: Path | None = None) -> list[Path]:
-    """Write `<date>-<model>.json`, `.md`, `-throughput.png` and `-latency.png` into `out`
-    (default: the run's `--output-dir`)."""
+    """Write `<date>-<model>.json`, `.md`, `-throughput.png`, `-latency.png` and, with an open
+    loop, `-open-loop.png` into `out` (default: the run's `--output-dir`)."""
     out = out or report.options.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{report.date}-{model_slug(report.model)}"
+    tag = f"-{report.options.tag}" if report.options.tag else ""
+    stem = out / f"{report.date}-{model_slug(report.model)}{tag}"
     paths = [
         stem.with_suffix(".json"),
         stem.with_suffix(".md"),
@@ -315,6 +320,9 @@ def write_report(report: BenchReport, out: Path | None = None) -> list[Path]:
     paths[1].write_text(markdown(report), encoding="utf-8")
     plot_throughput(report, paths[2])
     plot_latency(report, paths[3])
+    open_loop = stem.parent / f"{stem.name}-open-loop.png"
+    if openloop_report.plot(report.systems, report.model, open_loop):
+        paths.append(open_loop)
     return paths
 
 

@@ -11,26 +11,20 @@ import math
 
 from pydantic import BaseModel, Field, computed_field
 
+from benchmarks.openloop_results import OpenLoopRun
 from benchmarks.options import SystemName
+from benchmarks.stats import Throughput, percentile
 
 
-def percentile(samples: list[float], fraction: float) -> float:
-    """Linear-interpolated percentile (numpy's default) of non-empty `samples`; NaN if empty."""
-    if not samples:
-        return math.nan
-    ordered = sorted(samples)
-    position = (len(ordered) - 1) * fraction
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-class Measurement(BaseModel):
+class Measurement(Throughput):
     """One timed configuration of one system (warm-up excluded)."""
 
     system: SystemName
     variant: str = Field(description="what distinguishes it within the system, e.g. 'c=32'")
     quantization: str
+    engine: str | None = Field(
+        default=None, description="lamini-serve's engine setting, when a run compares several"
+    )
     max_new_tokens: int
     batch_size: int | None = None
     concurrency: int | None = None
@@ -42,7 +36,6 @@ class Measurement(BaseModel):
     static_prompt: bool = Field(
         default=False, description="CTranslate2 static_prompt: the shared prefix state is cached"
     )
-    wall_s: float
     generated_tokens: int
     latencies_s: list[float]
     ttft_s: list[float] = Field(default_factory=list)
@@ -57,15 +50,8 @@ class Measurement(BaseModel):
     def requests(self) -> int:
         return len(self.latencies_s)
 
-    @computed_field
-    @property
-    def tokens_per_s(self) -> float:
-        return self.generated_tokens / self.wall_s if self.wall_s > 0 else math.nan
-
-    @computed_field
-    @property
-    def requests_per_s(self) -> float:
-        return self.requests / self.wall_s if self.wall_s > 0 else math.nan
+    def counts(self) -> tuple[int, int]:
+        return self.generated_tokens, self.requests
 
     @computed_field
     @property
@@ -99,15 +85,22 @@ class Measurement(BaseModel):
 
     @property
     def label(self) -> str:
-        return f"{self.system.value} {self.quantization} {self.variant} n={self.max_new_tokens}"
+        engine = f" {self.engine}" if self.engine else ""
+        where = f"{self.system.value}{engine} {self.quantization}"
+        return f"{where} {self.variant} n={self.max_new_tokens}"
 
 
 class SystemRun(BaseModel):
-    """Everything one system's process measured, or why it failed."""
+    """Everything one system's process measured, or why it failed or was skipped."""
 
     system: SystemName
     ok: bool = True
     error: str | None = None
+    skipped: str | None = Field(
+        default=None,
+        description="why the system did not run (not installed, family unsupported): not a "
+        "failure, but said in the report",
+    )
     peak_rss_mb: float | None = None
     wall_s: float | None = Field(default=None, description="the whole system run, start to end")
     threads: dict[str, int | str] = Field(default_factory=dict)
@@ -122,5 +115,18 @@ class SystemRun(BaseModel):
         default_factory=list,
         description="machine.cpu_speed_probe (M loops/s) before and after the system ran",
     )
+    cpu_steal: float | None = Field(
+        default=None,
+        description="share of CPU time the hypervisor gave other guests while the system ran "
+        "(/proc/stat steal): a virtual machine whose host is busy runs everything slower",
+    )
     notes: list[str] = Field(default_factory=list)
     measurements: list[Measurement] = Field(default_factory=list)
+    peak_rss_under_load_mb: dict[str, float] = Field(
+        default_factory=dict,
+        description="per served configuration: the server tree's peak RSS while "
+        "`peak_rss_clients` requests (64) ran at once",
+    )
+    open_loop: list[OpenLoopRun] = Field(
+        default_factory=list, description="open-loop series, one per served configuration"
+    )

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from app.core.errors import LaminiError
 from app.settings import Settings
 from benchmarks.context import BenchContext
-from benchmarks.machine import cpu_speed_probe, machine_facts
+from benchmarks.machine import cpu_speed_probe, cpu_times, machine_facts, steal_share
 from benchmarks.options import (
     DEFAULT_INSTRUCTIONS,
     REPO_ROOT,
@@ -34,10 +34,11 @@ from benchmarks.options import (
 )
 from benchmarks.report import BenchReport, model_slug, write_report
 from benchmarks.results import SystemRun
-from benchmarks.systems import lamini, litserve_peer, raw_engine
+from benchmarks.systems import lamini, litserve_peer, raw_engine, vllm_peer
 
 HTTP_SYSTEMS: dict[SystemName, Callable[[BenchContext], SystemRun]] = {
     SystemName.LITSERVE: litserve_peer.run,
+    SystemName.VLLM: vllm_peer.run,
     SystemName.LAMINI: lamini.run,
 }
 
@@ -53,6 +54,13 @@ QUICK_PRESET: dict[str, object] = {
     "quantizations": ["int8"],
     "litserve_max_batch_size": 4,
     "server_ready_timeout_s": 120.0,
+    "open_loop_rates": [4.0],
+    "open_loop_requests": 6,
+    "open_loop_max_rate": 8.0,
+    "open_loop_rate_step": 4.0,
+    "open_loop_max_tokens": 12,
+    "open_loop_time_budget_s": 15.0,
+    "peak_rss_clients": 8,
 }
 
 
@@ -62,6 +70,10 @@ def _int_list(text: str) -> list[int]:
 
 def _str_list(text: str) -> list[str]:
     return [part for part in text.replace(",", " ").split() if part]
+
+
+def _float_list(text: str) -> list[float]:
+    return [float(part) for part in text.replace(",", " ").split()]
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -102,6 +114,24 @@ def build_parser() -> argparse.ArgumentParser:
     add("--litserve-max-batch-size", type=int)
     add("--litserve-batch-timeout", dest="litserve_batch_timeout_s", type=float)
     add(
+        "--lamini-configs",
+        type=_str_list,
+        help="lamini-serve ENGINE:QUANTIZATION pairs, e.g. ct2:int8,torch:bfloat16 "
+        "(default: --engine with each of --quantizations)",
+    )
+    add("--open-loop-rates", type=_float_list, help="Poisson rates, req/s, e.g. 2,4,6 ('' = off)")
+    add("--open-loop-requests", type=int, help="requests per open-loop rate")
+    add("--open-loop-rate-step", type=float, help="step of the upward rate search")
+    add("--open-loop-max-rate", type=float, help="cap of the upward rate search")
+    add("--open-loop-ttft-objective", dest="open_loop_ttft_objective_s", type=float)
+    add("--open-loop-max-tokens", type=int, help="clip of the reference lengths (max_tokens)")
+    add("--open-loop-time-budget", dest="open_loop_time_budget_s", type=float)
+    add("--peak-rss-clients", type=int, help="concurrent requests of the peak-RSS measurement")
+    add("--vllm-venv", type=Path, help="vLLM's virtualenv (benchmarks/install-vllm)")
+    add("--vllm-dtype", help="vLLM --dtype (default bfloat16)")
+    add("--vllm-kv-cache-gib", type=int, help="VLLM_CPU_KVCACHE_SPACE")
+    add("--vllm-cpu-bind", choices=["auto", "all"], help="vLLM's compute threads: default all")
+    add(
         "--lamini-env",
         type=_key_value,
         action="append",
@@ -109,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra setting for the lamini-serve server (repeatable)",
     )
     add("--output-dir", type=Path, default=REPO_ROOT / "benchmarks" / "results")
+    add("--tag", help="suffix of the result files' names, e.g. open-loop")
     add("--work-dir", type=Path, help="scratch for stores and conversions (default: temp dir)")
     add("--twin-cache-dir", type=Path, help="default: LAMINI_TWIN_CACHE_DIR or the user cache")
     return parser
@@ -162,14 +193,32 @@ def _run_http(system: SystemName, context: BenchContext) -> SystemRun:
 
 def _run_system(system: SystemName, context: BenchContext, options_path: Path) -> SystemRun:
     speed_before = cpu_speed_probe()
+    times_before = cpu_times()
     started = time.perf_counter()
     if system in HTTP_SYSTEMS:
         run = _run_http(system, context)
     else:
         run = _run_worker(system, context.options, options_path)
     run.wall_s = time.perf_counter() - started
+    run.cpu_steal = steal_share(times_before, cpu_times())
     run.cpu_speed = [speed_before, cpu_speed_probe()]
+    if run.skipped:
+        print(f"[bench] {system.value}: skipped: {run.skipped}", file=sys.stderr, flush=True)
     return run
+
+
+def _open_loop_plan(options: BenchOptions) -> str:
+    series = len(options.served_configs()) * (SystemName.LAMINI in options.systems)
+    series += SystemName.VLLM in options.systems
+    if not options.open_loop_rates or not series:
+        return ""
+    rates = ", ".join(f"{rate:g}" for rate in options.open_loop_rates)
+    return (
+        f"; open loop: {series} series of {options.open_loop_requests} requests at {rates} "
+        f"req/s, then up to {options.open_loop_max_rate:g} while TTFT p99 <= "
+        f"{options.open_loop_ttft_objective_s:g}s, each rate at most "
+        f"{options.open_loop_time_budget_s:.0f}s of arrivals"
+    )
 
 
 def run_benchmark(options: BenchOptions) -> BenchReport:
@@ -182,7 +231,8 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
     planned = options.planned_measurements(raw_engine.measures_static_prompt(context))
     print(
         f"[bench] {planned} measurements planned, each at most {options.time_budget_s:.0f}s "
-        f"(worst case ~{planned * options.time_budget_s / 60:.0f} min plus start-ups)",
+        f"(worst case ~{planned * options.time_budget_s / 60:.0f} min plus start-ups)"
+        + _open_loop_plan(options),
         file=sys.stderr,
         flush=True,
     )

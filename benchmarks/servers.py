@@ -50,6 +50,7 @@ class ServerProcess:
         self.env = {**os.environ, **env}
         self.log_path = log_path
         self.peak_rss_bytes = 0
+        self.phase_peak_rss_bytes = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._stop_sampling = threading.Event()
         self._sampler: threading.Thread | None = None
@@ -67,16 +68,26 @@ class ServerProcess:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    def start_phase(self) -> None:
+        """Start a second peak (`phase_peak_rss_mb`) from now, to measure one phase alone."""
+        self.phase_peak_rss_bytes = 0
+
     @property
     def peak_rss_mb(self) -> float:
         return self.peak_rss_bytes / 2**20
+
+    @property
+    def phase_peak_rss_mb(self) -> float:
+        return self.phase_peak_rss_bytes / 2**20
 
     def _sample(self) -> None:
         assert self._process is not None
         with contextlib.suppress(psutil.Error):
             process = psutil.Process(self._process.pid)
             while not self._stop_sampling.wait(_SAMPLE_INTERVAL_S):
-                self.peak_rss_bytes = max(self.peak_rss_bytes, _tree_rss_bytes(process))
+                rss = _tree_rss_bytes(process)
+                self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
+                self.phase_peak_rss_bytes = max(self.phase_peak_rss_bytes, rss)
 
     def log_tail(self) -> str:
         try:

@@ -17,6 +17,7 @@ def sweep_concurrency(
     *,
     quantization: str,
     streaming: bool = False,
+    engine: str | None = None,
 ) -> None:
     """Closed-loop load at each `--concurrency` level for each `--max-new-tokens` value.
 
@@ -40,5 +41,6 @@ def sweep_concurrency(
                 concurrency=concurrency,
                 streaming=streaming,
             )
+            measurement.engine = engine
             announce(measurement)
             run.measurements.append(measurement)

@@ -20,9 +20,12 @@ from dataclasses import dataclass
 import httpx
 
 from app.core.engine_kinds import EngineKind
+from app.core.errors import LaminiError
 from app.engines.ctranslate2_engine import thread_layout
+from benchmarks.completions import CompletionsEndpoint, served_model_id
 from benchmarks.context import BenchContext
-from benchmarks.loadgen import CallResult, RequestSender
+from benchmarks.loadgen import CallResult, RequestSender, json_sender
+from benchmarks.openloop import peak_rss_under_load, run_open_loop
 from benchmarks.options import SystemName
 from benchmarks.results import SystemRun
 from benchmarks.servers import ServerProcess, free_port
@@ -48,16 +51,11 @@ class LaminiEndpoint:
         return parameters
 
     def generate_sender(self, max_new_tokens: int) -> RequestSender:
-        async def send(client: httpx.AsyncClient, instruction: str) -> CallResult:
-            body = {"inputs": instruction, "parameters": self.parameters(max_new_tokens)}
-            started = time.perf_counter()
-            response = await client.post(f"{self.base_url}/generate", json=body)
-            latency = time.perf_counter() - started
-            if response.status_code != 200:
-                return CallResult(latency, 0, error=f"HTTP {response.status_code}: {response.text}")
-            return CallResult(latency, int(response.json()["details"]["generated_tokens"]))
-
-        return send
+        return json_sender(
+            f"{self.base_url}/generate",
+            lambda text: {"inputs": text, "parameters": self.parameters(max_new_tokens)},
+            lambda answer: int(answer["details"]["generated_tokens"]),
+        )
 
     def stream_sender(self, max_new_tokens: int) -> RequestSender:
         async def send(client: httpx.AsyncClient, instruction: str) -> CallResult:
@@ -120,12 +118,14 @@ def _served_settings(base_url: str) -> dict[str, int | str]:
 
 
 class LaminiServer:
-    """Starts `lamini-serve serve` for one quantisation against a given store."""
+    """Starts `lamini-serve serve` for one engine and quantisation against a given store."""
 
-    def __init__(self, context: BenchContext, quantization: str) -> None:
+    def __init__(self, context: BenchContext, engine: str, quantization: str) -> None:
         self.context = context
+        self.engine = engine
         self.quantization = quantization
-        self.store_dir = context.options.work_dir / f"lamini-store-{quantization}"
+        self.name = f"{engine}-{quantization}"
+        self.store_dir = context.options.work_dir / f"lamini-store-{self.name}"
 
     @contextmanager
     def started(self, label: str) -> Iterator[tuple[ServerProcess, str, float]]:
@@ -136,9 +136,11 @@ class LaminiServer:
             "LAMINI_STORE_DIR": str(self.store_dir),
             "LAMINI_TWIN_CACHE_DIR": str(options.twin_cache_dir),
             "LAMINI_QUANTIZATION": self.quantization,
-            "LAMINI_ENGINE": options.engine,
+            "LAMINI_ENGINE": self.engine,
             "LAMINI_REQUEST_TIMEOUT_S": "900",
-            "LAMINI_MAX_QUEUE_SIZE": str(max(256, 4 * max(options.concurrency))),
+            "LAMINI_MAX_QUEUE_SIZE": str(
+                max(256, 4 * max(options.concurrency), 2 * options.open_loop_requests)
+            ),
             "LAMINI_LOG_LEVEL": "warning",
             "HF_HUB_OFFLINE": "1",
             **options.lamini_env,
@@ -154,36 +156,74 @@ class LaminiServer:
             "--port",
             str(port),
         ]
-        log = options.work_dir / f"lamini-{self.quantization}-{label}.log"
+        log = options.work_dir / f"lamini-{self.name}-{label}.log"
         base_url = f"http://127.0.0.1:{port}"
         with ServerProcess(command, env, log) as server:
             ready_s = server.wait_ready(f"{base_url}/ready", options.server_ready_timeout_s)
             yield server, base_url, ready_s
 
 
+def _measure_served(
+    context: BenchContext,
+    result: SystemRun,
+    server: LaminiServer,
+    process: ServerProcess,
+    base_url: str,
+) -> None:
+    """Everything measured on one running configuration: the closed-loop sweeps (TGI routes,
+    non-streaming and streaming), the open loop (OpenAI streaming) and the peak RSS under load."""
+    served = _served_settings(base_url)
+    result.settings.update(served)
+    engine = str(served.get(f"{server.quantization} engine", server.engine))
+    endpoint = LaminiEndpoint(base_url, _offers_length_forcing(base_url))
+    if not endpoint.force_length:
+        result.notes.append(
+            "output length not forced (no min_new_tokens over HTTP): tokens/s use the "
+            "generated-token counts the server reports; see short_outputs"
+        )
+    tag = {"quantization": server.quantization, "engine": engine}
+    sweep_concurrency(context, result, endpoint.generate_sender, **tag)
+    sweep_concurrency(context, result, endpoint.stream_sender, streaming=True, **tag)
+    label = f"lamini-serve {engine} {server.quantization}"
+    if context.options.open_loop_rates:
+        completions = CompletionsEndpoint(base_url, served_model_id(base_url))
+        result.open_loop.append(
+            run_open_loop(
+                context, completions, label=label, engine=engine, quantization=server.quantization
+            )
+        )
+    result.peak_rss_under_load_mb[label] = peak_rss_under_load(
+        context, process, endpoint.generate_sender(max(context.options.max_new_tokens))
+    )
+
+
+def _run_config(context: BenchContext, result: SystemRun, server: LaminiServer) -> float:
+    """Cold start, store-hit start and every measurement of one configuration; its peak RSS."""
+    shutil.rmtree(server.store_dir, ignore_errors=True)
+    with server.started("cold") as (_process, _url, cold_s):
+        result.cold_start_s[f"cold_start_with_conversion_{server.name}"] = cold_s
+    with server.started("store-hit") as (process, base_url, hit_s):
+        result.cold_start_s[f"store_hit_start_{server.name}"] = hit_s
+        result.cold_start_s[f"conversion_estimate_{server.name}"] = max(0.0, cold_s - hit_s)
+        _measure_served(context, result, server, process, base_url)
+        return process.peak_rss_mb
+
+
 def run(context: BenchContext) -> SystemRun:
+    """Every configuration in turn; one that fails is reported and the others still run (the
+    system fails only when all of them did)."""
     result = SystemRun(system=SystemName.LAMINI, threads=_thread_settings(context))
     peak_rss: list[float] = []
-    for quantization in context.options.quantizations:
-        server = LaminiServer(context, quantization)
-        shutil.rmtree(server.store_dir, ignore_errors=True)
-        with server.started("cold") as (_process, _url, cold_s):
-            result.cold_start_s[f"cold_start_with_conversion_{quantization}"] = cold_s
-        with server.started("store-hit") as (process, base_url, hit_s):
-            result.cold_start_s[f"store_hit_start_{quantization}"] = hit_s
-            result.cold_start_s[f"conversion_estimate_{quantization}"] = max(0.0, cold_s - hit_s)
-            result.settings.update(_served_settings(base_url))
-            endpoint = LaminiEndpoint(base_url, _offers_length_forcing(base_url))
-            if not endpoint.force_length:
-                result.notes.append(
-                    "output length not forced (no min_new_tokens over HTTP): tokens/s use the "
-                    "generated-token counts the server reports; see short_outputs"
-                )
-            sweep_concurrency(context, result, endpoint.generate_sender, quantization=quantization)
-            sweep_concurrency(
-                context, result, endpoint.stream_sender, quantization=quantization, streaming=True
-            )
-            peak_rss.append(process.peak_rss_mb)
+    failures: list[str] = []
+    for engine, quantization in context.options.served_configs():
+        server = LaminiServer(context, engine, quantization)
+        try:
+            peak_rss.append(_run_config(context, result, server))
+        except (LaminiError, httpx.HTTPError, KeyError, ValueError) as exc:
+            failures.append(f"configuration {server.name} failed: {type(exc).__name__}: {exc}")
+            print(f"[bench] lamini-serve {failures[-1]}", file=sys.stderr, flush=True)
     result.peak_rss_mb = max(peak_rss, default=None)
-    result.notes = sorted(set(result.notes))
+    result.notes = sorted(set(result.notes)) + failures
+    if not peak_rss:
+        result.ok, result.error = False, "; ".join(failures)
     return result

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import sys
-import time
-
-import httpx
 
 from benchmarks.context import BenchContext
-from benchmarks.loadgen import CallResult, RequestSender
+from benchmarks.loadgen import RequestSender, json_sender
 from benchmarks.options import SystemName
 from benchmarks.results import SystemRun
 from benchmarks.servers import ServerProcess, free_port
@@ -16,17 +13,11 @@ from benchmarks.systems.http_sweep import sweep_concurrency
 
 
 def _sender(base_url: str, max_new_tokens: int) -> RequestSender:
-    async def send(client: httpx.AsyncClient, instruction: str) -> CallResult:
-        started = time.perf_counter()
-        response = await client.post(
-            f"{base_url}/predict", json={"prompt": instruction, "max_new_tokens": max_new_tokens}
-        )
-        latency = time.perf_counter() - started
-        if response.status_code != 200:
-            return CallResult(latency, 0, error=f"HTTP {response.status_code}: {response.text}")
-        return CallResult(latency, int(response.json()["generated_tokens"]))
-
-    return send
+    return json_sender(
+        f"{base_url}/predict",
+        lambda text: {"prompt": text, "max_new_tokens": max_new_tokens},
+        lambda answer: int(answer["generated_tokens"]),
+    )
 
 
 def run(context: BenchContext) -> SystemRun:

@@ -54,7 +54,9 @@ def quick_run(
 ) -> tuple[subprocess.CompletedProcess, Path]:
     tiny_twin(QUICK_MODEL)
     out = tmp_path_factory.mktemp("bench")
-    return _bench(twin_cache_dir, out, "--quick"), out / "results"
+    # As on a machine without vLLM (whatever this one has): the peer must say why it is skipped.
+    no_vllm = out / "no-vllm-venv"
+    return _bench(twin_cache_dir, out, "--quick", "--vllm-venv", str(no_vllm)), out / "results"
 
 
 @pytest.mark.slow
@@ -65,7 +67,7 @@ def test_quick_run_writes_json_markdown_and_plots(quick_run) -> None:
     stem = written[0].removesuffix(".json").removesuffix(".md").split("-twin-")[0]
     expected = {
         f"{stem}-twin-LaMini-GPT-124M-tiny{suffix}"
-        for suffix in (".json", ".md", "-throughput.png", "-latency.png")
+        for suffix in (".json", ".md", "-throughput.png", "-latency.png", "-open-loop.png")
     }
     assert set(written) == expected
     for png in results.glob("*.png"):
@@ -74,6 +76,10 @@ def test_quick_run_writes_json_markdown_and_plots(quick_run) -> None:
     markdown = next(results.glob("*.md")).read_text(encoding="utf-8")
     assert "## Targets" in markdown
     assert "| lamini-serve |" in markdown
+    assert "## Open loop" in markdown
+    assert "| 4 | lamini-serve ct2 int8 |" in markdown
+    assert "| vllm | skipped: vLLM not installed: no " in markdown
+    assert "[bench] vllm: skipped: vLLM not installed" in completed.stderr
 
 
 @pytest.mark.slow
@@ -87,8 +93,10 @@ def test_quick_run_measures_every_system_sanely(quick_run) -> None:
     assert report["machine"]["libraries"]["ctranslate2"] != "not installed"
     systems = {run["system"]: run for run in report["systems"]}
     assert list(systems) == [system.value for system in SystemName]
+    assert systems.pop("vllm")["skipped"].startswith("vLLM not installed")
     for name, run in systems.items():
         assert run["ok"], (name, run["error"])
+        assert not run["skipped"], name
         assert run["peak_rss_mb"] > 50, name
         assert run["cold_start_s"], name
         assert len(run["cpu_speed"]) == 2, name
@@ -111,6 +119,7 @@ def test_quick_run_measures_every_system_sanely(quick_run) -> None:
     assert {m["concurrency"] for m in lamini["measurements"]} == {1, 4}
     assert any(key.startswith("store_hit_start") for key in lamini["cold_start_s"])
     assert any(m["static_prompt"] for m in systems["raw-engine"]["measurements"])
+    _check_open_loop(lamini)
     names = {c["name"] for c in report["comparisons"]}
     assert len(names) == 6, names
     assert all(c["ratio"] > 0 for c in report["comparisons"])
@@ -119,12 +128,39 @@ def test_quick_run_measures_every_system_sanely(quick_run) -> None:
     assert all(c["target"] == 0.9 for c in matched)
 
 
+def _check_open_loop(lamini: dict) -> None:
+    """The quick preset: 6 requests at 4 req/s, then the search's one step to 8 (its cap) when
+    4 met the TTFT objective; max_tokens from the reference answers, clipped to 8..12."""
+    (series,) = lamini["open_loop"]
+    assert series["label"] == "lamini-serve ct2 int8"
+    rates = [m["rate"] for m in series["rates"]]
+    assert rates[0] == 4.0
+    assert set(rates) <= {4.0, 8.0}
+    for measured in series["rates"]:
+        assert measured["errors"] == 0, measured["first_error"]
+        assert measured["requests"] == 6
+        assert 0 < measured["ttft_p50_s"] <= measured["ttft_p99_s"] <= measured["e2e_p99_s"]
+        assert measured["tokens_per_s"] > 0
+        assert measured["kept_up"] in (True, False)
+        for sample in measured["samples"]:
+            assert 8 <= sample["max_tokens"] <= 12
+            assert 0 < sample["tokens"] <= sample["max_tokens"]
+            assert len(sample["gaps_s"]) <= sample["tokens"] - 1
+        assert [s["sent_s"] for s in measured["samples"]] == sorted(
+            s["sent_s"] for s in measured["samples"]
+        )
+    assert series["max_rate_within_objective"] in (None, 4.0, 8.0)
+    assert lamini["peak_rss_under_load_mb"]["lamini-serve ct2 int8"] > 50
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
         (("--instructions", "{tmp}/none.jsonl"), "none.jsonl not found"),
         (("--concurrency", "0"), "concurrency"),
         (("--systems", "pipeline,nope"), "systems"),
+        (("--lamini-configs", "ct2"), "ENGINE:QUANTIZATION"),
+        (("--open-loop-rates", "2,-1"), "rates must be > 0"),
     ],
 )
 def test_bad_options_are_a_one_line_error(
