@@ -15,8 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.core.errors import ModelSourceError
+import numpy as np
+
+from app.core.errors import LaminiError, ModelSourceError
 from app.core.families import EngineKind, Family
+from app.engines.scoring import TokenScore, score_tokens
 
 
 class FinishReason(str, enum.Enum):
@@ -220,6 +223,11 @@ class EngineInfo:
     quantization: str
     max_input_tokens: int
     max_total_tokens: int
+    vocab_size: int | None = None
+
+
+class PromptScoringError(LaminiError):
+    """This model or engine cannot score a prompt (encoder-decoder models never can)."""
 
 
 def encode_prompt(tokenizer: Any, family: Family, text: str) -> list[int]:
@@ -268,6 +276,12 @@ def limits_from_config(config: Any, tokenizer: Any, family: Family) -> tuple[int
     return int(positions) - 1, int(positions)
 
 
+def vocab_size_from_config(config: Any) -> int | None:
+    """The model's output vocabulary (the logits' width), which may exceed the tokenizer's."""
+    size = getattr(config, "vocab_size", None)
+    return int(size) if isinstance(size, int) and size > 0 else None
+
+
 class Engine(ABC):
     """A loaded model that generates for batches of tokenised prompts.
 
@@ -304,6 +318,28 @@ class Engine(ABC):
         Must stop feeding (and, where the runtime allows, stop computing) a sequence once its
         tracker reports done.
         """
+
+    def score(self, ids: Sequence[int], top_n: int = 0) -> list[TokenScore]:
+        """Each token of `ids` with its log-probability given the tokens before it and the
+        `top_n` likeliest alternatives (see `app.engines.scoring`).
+
+        A pure forward pass: it shares no state with a running generation, so it may run on
+        any thread (the runtimes here are safe for concurrent reads).
+        """
+        if self.family.is_seq2seq:
+            raise PromptScoringError(
+                f"{self.family.name} is an encoder-decoder model: it reads the prompt with its "
+                "encoder and never predicts the prompt's tokens, so they have no "
+                "log-probabilities; echo with logprobs needs a decoder-only model"
+            )
+        if len(ids) < 2:
+            return score_tokens(ids, np.zeros((0, 0), dtype=np.float32), top_n)
+        return score_tokens(ids, self.next_token_logprobs(list(ids[:-1])), top_n)
+
+    def next_token_logprobs(self, ids: list[int]) -> np.ndarray:
+        """`[len(ids), vocab]` float32: row t is the log-softmax distribution of the token
+        after `ids[: t + 1]`. Engines that can score implement it."""
+        raise PromptScoringError(f"the {self.info.kind.value} engine cannot score prompts")
 
     def close(self) -> None:  # noqa: B027 - optional hook, most runtimes free on GC
         """Release runtime resources (threads, sessions)."""

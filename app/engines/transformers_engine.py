@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -35,6 +36,7 @@ from app.engines.base import (
     SamplingParams,
     SequenceTracker,
     limits_from_config,
+    vocab_size_from_config,
 )
 from app.engines.loading import checkpoint_load_errors, load_tokenizer
 
@@ -123,7 +125,15 @@ class TransformersEngine(Engine):
             quantization="float32",
             max_input_tokens=max_input,
             max_total_tokens=max_total,
+            vocab_size=vocab_size_from_config(model.config),
         )
+
+    def next_token_logprobs(self, ids: list[int]) -> np.ndarray:
+        """One forward pass over `ids` (decoder-only models)."""
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            logits = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+            return torch.log_softmax(logits.logits[0].float(), dim=-1).cpu().numpy()
 
     def _padded_batch(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Input ids and attention mask; decoder-only prompts are left-padded so that every
