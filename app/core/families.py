@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import FamilyResolutionError
 from app.core.prompts import ALPACA, NEWLINE_HACK, RAW, RAW_WITH_BOS, PromptFormat
 
@@ -25,14 +26,6 @@ class Task(str, enum.Enum):
 
     SEQ2SEQ = "text2text-generation"
     CAUSAL = "text-generation"
-
-
-class EngineKind(str, enum.Enum):
-    """The engines a converted (or unconverted) model can run on."""
-
-    CTRANSLATE2 = "ct2"
-    ONNX = "onnx"
-    TRANSFORMERS = "transformers"
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import LaminiError, ModelSourceError
-from app.core.families import EngineKind, Family
+from app.core.families import Family
 from app.engines.scoring import TokenScore, score_tokens
 
 
@@ -52,6 +53,12 @@ class GeneratedToken:
     text: str
     logprob: float
     special: bool
+
+    @property
+    def finite_logprob(self) -> float | None:
+        """The log probability, or None where the engine could not score the token (NaN):
+        JSON has no NaN, and APIs report an unknown logprob as null."""
+        return self.logprob if math.isfinite(self.logprob) else None
 
 
 # Called with each generated token and whether it is the sequence's last one.

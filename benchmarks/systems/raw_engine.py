@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.core.families import EngineKind
+from app.core.engine_kinds import EngineKind
 from benchmarks.context import BenchContext
 from benchmarks.offline import BatchRunner, time_batches, to_measurement
 from benchmarks.options import SystemName, ThreadConfig
