@@ -39,6 +39,7 @@ from app.openai.render import (
     ChatRenderer,
     ChoiceResult,
     CompletionRenderer,
+    Echo,
     Renderer,
 )
 from app.openai.schemas import (
@@ -53,7 +54,8 @@ from app.openai.schemas import (
     Usage,
 )
 from app.serving.errors import ModelNotFoundError, ServiceError
-from app.serving.served_model import ServedModel
+from app.serving.preparation import Prompt
+from app.serving.served_model import Answer, ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +110,10 @@ class PlannedResponse:
     served: ServedModel
     plan: ChoicePlan
     renderer: Renderer
+    # Likeliest alternatives to report per token, and whether the prompt is echoed (both
+    # need the model to score the sequence).
+    top_n: int = 0
+    echo: bool = False
 
     def visible_text(self, choice: Choice, tokens: Sequence[GeneratedToken] = ()) -> VisibleText:
         raw = "".join(_piece(token) for token in tokens)
@@ -128,34 +134,68 @@ class PlannedResponse:
 async def _plan(
     request: Request,
     body: OpenAIRequest,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     max_tokens: int | None,
     renderer_class: type[Renderer],
     with_logprobs: bool,
+    top_n: int = 0,
+    echo: bool = False,
 ) -> PlannedResponse:
     served = served_model(request, body.model)
+    if top_n or echo:
+        served.check_scoring()
     plan = await plan_choices(served, prompts, body.to_options(max_tokens), body.n)
+    tokenizer = served.engine.tokenizer
     renderer = renderer_class(
         id=f"{renderer_class.id_prefix}-{uuid.uuid4().hex}",
         model=body.model,
         system_fingerprint=_system_fingerprint(served),
         with_logprobs=with_logprobs,
+        token_text=lambda token_id: tokenizer.decode([token_id]),
     )
-    return PlannedResponse(served, plan, renderer)
+    return PlannedResponse(served, plan, renderer, top_n=top_n, echo=echo)
+
+
+async def _result(planned: PlannedResponse, choice: Choice, answer: Answer) -> ChoiceResult:
+    """One finished choice, with its scored prompt and alternatives when asked for."""
+    visible = planned.visible_text(choice, answer.tokens)
+    text = visible.text
+    raw = visible.raw
+    text_start = max(0, raw.find(text)) if text else len(raw)
+    reason = OPENAI_FINISH_REASONS[answer.finish_reason]
+    if not (planned.top_n or planned.echo):
+        return ChoiceResult(choice.index, text, answer.tokens, reason, text_start)
+    prompt_ids = choice.prepared.prompt_ids
+    ids = [*prompt_ids, *(token.id for token in answer.tokens)]
+    scores = await planned.served.score(ids, planned.top_n)
+    generated = scores[len(prompt_ids) :]
+    return ChoiceResult(
+        choice.index,
+        text,
+        answer.tokens,
+        reason,
+        text_start,
+        alternatives=[score.top for score in generated] if planned.top_n else None,
+        echo=Echo(choice.prepared.prompt, scores[: len(prompt_ids)]) if planned.echo else None,
+    )
 
 
 async def _respond(planned: PlannedResponse, body: OpenAIRequest, request: Request) -> Response:
     """Run every choice; answer with one JSON object or a stream of server-sent events."""
     if body.stream:
         streams = await started_streams(planned.served, planned.plan)
-        events = _events(planned, streams, include_usage=body.include_usage_chunk)
+        events = _events(
+            planned,
+            streams,
+            include_usage=body.include_usage_chunk,
+            continuous_usage=body.continuous_usage,
+        )
         return event_stream(events)
     answers = await complete_choices(planned.served, planned.plan, request)
-    results = []
-    for choice, answer in zip(planned.plan.choices, answers, strict=True):
-        text = planned.visible_text(choice, answer.tokens).text
-        reason = OPENAI_FINISH_REASONS[answer.finish_reason]
-        results.append(ChoiceResult(choice.index, text, answer.tokens, reason))
+    results = [
+        await _result(planned, choice, answer)
+        for choice, answer in zip(planned.plan.choices, answers, strict=True)
+    ]
     usage = planned.usage(sum(len(answer.tokens) for answer in answers))
     body_json = planned.renderer.response(results, usage).model_dump_json()
     return Response(body_json, media_type="application/json")
@@ -167,9 +207,13 @@ def _sse(payload: BaseModel | str) -> str:
 
 
 async def _events(
-    planned: PlannedResponse, streams: ChoiceStreams, include_usage: bool
+    planned: PlannedResponse,
+    streams: ChoiceStreams,
+    include_usage: bool,
+    continuous_usage: bool = False,
 ) -> AsyncIterator[str]:
-    """Chunks as tokens arrive, the usage chunk if asked for, then `[DONE]`.
+    """Chunks as tokens arrive (with `continuous_usage`, each with the usage so far), the usage
+    chunk if asked for, then `[DONE]`.
 
     A failure after the first byte can only be reported in the stream: as an `error` event,
     which the OpenAI clients raise as an APIError.
@@ -184,12 +228,14 @@ async def _events(
             generated += 1
             text = texts[index]
             delta = text.push(event.token)
+            usage = planned.usage(generated) if continuous_usage else None
             if event.answer is not None:
                 delta += text.visible.finish()
                 reason = OPENAI_FINISH_REASONS[event.answer.finish_reason]
-                yield _sse(renderer.chunk(ChoiceResult(index, delta, text.take_tokens(), reason)))
+                result = ChoiceResult(index, delta, text.take_tokens(), reason)
+                yield _sse(renderer.chunk(result, usage))
             elif delta:
-                yield _sse(renderer.chunk(ChoiceResult(index, delta, text.take_tokens())))
+                yield _sse(renderer.chunk(ChoiceResult(index, delta, text.take_tokens()), usage))
         if include_usage:
             yield _sse(renderer.usage_chunk(planned.usage(generated)))
         yield _sse("[DONE]")
@@ -213,6 +259,8 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         body.max_tokens,
         CompletionRenderer,
         with_logprobs=body.logprobs is not None,
+        top_n=body.logprobs or 0,
+        echo=bool(body.echo),
     )
     return await _respond(planned, body, request)
 
@@ -228,6 +276,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         body.max_new_tokens,
         ChatRenderer,
         with_logprobs=body.logprobs,
+        top_n=body.top_logprobs or 0,
     )
     return await _respond(planned, body, request)
 
