@@ -27,6 +27,7 @@ from app.serving.state import VERSION, ModelLoader, ServiceState
 from app.settings import Settings
 from app.tgi.errors import TGIErrorShape
 from app.tgi.routes import router as tgi_router
+from app.tokenize.routes import router as tokenize_router
 from model_store.resolver import load_model
 
 
@@ -68,6 +69,7 @@ def create_app(
     app.include_router(tgi_router)
     app.include_router(probes_router)
     app.include_router(openai_router)
+    app.include_router(tokenize_router)
     app.add_middleware(
         BodyGuardMiddleware, max_body_bytes=settings.max_body_bytes, error_shapes=error_shapes
     )

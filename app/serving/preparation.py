@@ -103,7 +103,7 @@ class RequestPreparer:
             model_input = prompt if options.raw_prompt else prompt_format.wrap(prompt)
             text, encoded = prompt, self.engine.encode(model_input)
         else:
-            encoded = self._checked_ids(prompt)
+            encoded = self.checked_ids(prompt)
             text = self.engine.tokenizer.decode(encoded, skip_special_tokens=False)
         prompt_ids = self._fit_input(encoded, options.truncate)
         max_new_tokens = self._max_new_tokens(len(prompt_ids), options.max_new_tokens)
@@ -147,9 +147,9 @@ class RequestPreparer:
         """The width of the model's logits (a tokenizer may know fewer tokens)."""
         return self.engine.info.vocab_size or len(self.engine.tokenizer)
 
-    def _checked_ids(self, ids: Sequence[int]) -> list[int]:
+    def checked_ids(self, ids: Sequence[int], allow_empty: bool = False) -> list[int]:
         """Token ids as sent, refused when empty or outside the vocabulary."""
-        if not ids:
+        if not ids and not allow_empty:
             raise InvalidRequestError("the prompt has no tokens")
         vocab_size = self.vocab_size
         wrong = [token for token in ids if not 0 <= token < vocab_size]
