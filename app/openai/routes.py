@@ -67,10 +67,18 @@ _ERRORS: dict[int | str, dict[str, object]] = {
         (400, "Invalid or unsupported parameter"),
         (401, "Missing or wrong API key"),
         (404, "Unknown model"),
+        (413, "Body larger than max_body_bytes"),
         (429, "Queue full; retry after Retry-After seconds"),
         (503, "Model loading or server draining"),
         (504, "Request timed out"),
     )
+}
+# With `stream: true` the 200 answer is server-sent events (chunks, then `data: [DONE]`).
+_STREAMED: dict[int | str, dict[str, object]] = {
+    200: {
+        "description": "The answer; with `stream: true`, server-sent events of chunks",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
 }
 _STARTED_AT = int(time.time())  # the `created` time of every served model
 
@@ -249,7 +257,7 @@ async def _events(
         await streams.close()
 
 
-@router.post("/completions", response_model=Completion, responses=_ERRORS)
+@router.post("/completions", response_model=Completion, responses=_STREAMED | _ERRORS)
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     """Complete each prompt; a prompt is an instruction, wrapped in the family's format."""
     planned = await _plan(
@@ -265,7 +273,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     return await _respond(planned, body, request)
 
 
-@router.post("/chat/completions", response_model=ChatCompletion, responses=_ERRORS)
+@router.post("/chat/completions", response_model=ChatCompletion, responses=_STREAMED | _ERRORS)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     """Answer a conversation, flattened into one instruction (see `app/core/chat.py`)."""
     instruction = chat_to_instruction([ChatTurn(m.role, m.text) for m in body.messages])

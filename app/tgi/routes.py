@@ -49,8 +49,13 @@ router = APIRouter(tags=["TGI-compatible"])
 
 
 def _full_text(body: GenerateRequest, prompt: str, answer: Answer) -> str:
-    """TGI's `return_full_text`: the prompt as sent, then the generated text."""
-    return prompt + answer.text if body.parameters.return_full_text else answer.text
+    """TGI's `return_full_text`: the prompt as sent, then the generated text with the
+    whitespace it starts with (as TGI keeps it: tidying strips it from the text alone)."""
+    if not body.parameters.return_full_text:
+        return answer.text
+    raw = "".join(token.text for token in answer.tokens if not token.special)
+    leading = raw[: len(raw) - len(raw.lstrip())] if answer.text else ""
+    return prompt + leading + answer.text
 
 
 async def _prepared(
@@ -133,7 +138,13 @@ async def generate_stream(
 @router.post(
     "/",
     response_model=list[GenerateResponse],
-    responses=ERROR_RESPONSES,
+    responses={
+        200: {
+            "description": "A list of answers; with `stream: true`, server-sent events",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    }
+    | ERROR_RESPONSES,
     summary="TGI's compatibility route: `stream` picks /generate_stream or /generate",
 )
 async def compat_generate(

@@ -14,7 +14,9 @@ from app.http.fields import require_encodable
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown fields and wrong JSON types are errors (`"tokens": ["1"]` is not token ids)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str | None = Field(default=None, description="A served model (default: the first).")
 
@@ -38,7 +40,7 @@ class TokenizeTextRequest(_Request):
 class ChatMessageText(BaseModel):
     """A chat message as far as tokenizing goes: a role and text."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: str
     content: str | None = None
