@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from app.http.auth import install_access_control
 from app.http.errors import ErrorShapes
 from app.http.middleware import BodyGuardMiddleware, RequestContextMiddleware
+from app.http.openapi import with_model_examples
 from app.http.probes import router as probes_router
 from app.openai.errors import OpenAIErrorShape
 from app.openai.routes import router as openai_router
@@ -61,6 +62,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = state
+    with_model_examples(app, lambda: state.model_names)
     error_shapes = ErrorShapes(
         default=TGIErrorShape(settings.retry_after_s),
         others=[OpenAIErrorShape(settings.retry_after_s)],

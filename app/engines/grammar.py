@@ -90,8 +90,11 @@ class GrammarCompiler:
             self._tokenizer = llguidance.hf.from_tokenizer(
                 tokenizer, n_vocab=vocab_size, eos_token=eos_token_ids
             )
-        except ValueError as exc:  # a slow (Python) tokenizer
-            raise GrammarError(f"constrained decoding needs a fast tokenizer: {exc}") from None
+        except ValueError as exc:  # a slow tokenizer, or a decoder llguidance cannot invert
+            raise GrammarError(
+                f"constrained decoding cannot use this model's tokenizer ({exc}); "
+                "it works with the byte-level BPE vocabularies (GPT-2, Cerebras, Neo, OPT)"
+            ) from None
 
     def constraint(self, grammar: ResponseGrammar) -> TokenConstraint:
         """A fresh per-sequence constraint; a schema llguidance rejects, or one this model's

@@ -77,7 +77,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 _STREAMED: dict[int | str, dict[str, object]] = {
     200: {
         "description": "The answer; with `stream: true`, server-sent events of chunks",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {}},
     }
 }
 _STARTED_AT = int(time.time())  # the `created` time of every served model
@@ -151,7 +151,7 @@ async def _plan(
 ) -> PlannedResponse:
     served = served_model(request, body.model)
     if top_n or echo:
-        served.check_scoring()
+        served.check_scoring(_scoring_param(body, echo))
     plan = await plan_choices(served, prompts, body.to_options(max_tokens), body.n)
     tokenizer = served.engine.tokenizer
     renderer = renderer_class(
@@ -162,6 +162,13 @@ async def _plan(
         token_text=lambda token_id: tokenizer.decode([token_id]),
     )
     return PlannedResponse(served, plan, renderer, top_n=top_n, echo=echo)
+
+
+def _scoring_param(body: OpenAIRequest, echo: bool) -> str:
+    """The parameter that makes a request need the model to score tokens."""
+    if echo:
+        return "echo"
+    return "top_logprobs" if isinstance(body, ChatCompletionRequest) else "logprobs"
 
 
 async def _result(planned: PlannedResponse, choice: Choice, answer: Answer) -> ChoiceResult:
@@ -175,7 +182,7 @@ async def _result(planned: PlannedResponse, choice: Choice, answer: Answer) -> C
         return ChoiceResult(choice.index, text, answer.tokens, reason, text_start)
     prompt_ids = choice.prepared.prompt_ids
     ids = [*prompt_ids, *(token.id for token in answer.tokens)]
-    scores = await planned.served.score(ids, planned.top_n)
+    scores = await planned.served.score(ids, planned.top_n, "logprobs")
     generated = scores[len(prompt_ids) :]
     return ChoiceResult(
         choice.index,

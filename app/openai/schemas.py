@@ -272,7 +272,8 @@ class CompletionRequest(OpenAIRequest):
     unhonoured_rules: ClassVar[dict[str, HonourRule]] = _COMPLETION_RULES
 
     prompt: str | list[str] | list[int] | list[list[int]] = Field(
-        description="One instruction, a list of them, token ids, or a list of token-id lists."
+        description="One instruction, a list of them, token ids, or a list of token-id lists.",
+        examples=["Name three colours."],
     )
     max_tokens: int | None = Field(default=16, ge=1, description="Most tokens (default 16).")
     best_of: int | None = Field(default=None, ge=1)
@@ -483,7 +484,9 @@ class ChatCompletionRequest(OpenAIRequest):
 
     unhonoured_rules: ClassVar[dict[str, HonourRule]] = _CHAT_RULES
 
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(
+        min_length=1, examples=[[{"role": "user", "content": "Name three colours."}]]
+    )
     max_completion_tokens: int | None = Field(
         default=None, ge=1, description="Most tokens to generate (wins over max_tokens)."
     )

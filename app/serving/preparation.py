@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from app.engines.base import Engine, SamplingParams
 from app.engines.grammar import GrammarCompiler, GrammarError, ResponseGrammar, TokenConstraint
-from app.serving.errors import InvalidRequestError
+from app.serving.errors import InvalidRequestError, UnsupportedParameterError
 
 # Below this, logits divided by the temperature overflow float32 and sampling fails.
 MIN_SAMPLING_TEMPERATURE = 1e-6
@@ -123,15 +123,18 @@ class RequestPreparer:
         """A fresh grammar state for one sequence (each choice of a request needs its own)."""
         engine = self.engine
         if not engine.supports_constraints:
-            raise InvalidRequestError(
+            raise UnsupportedParameterError(
                 f"`response_format` needs constrained decoding, which the "
                 f"{engine.info.kind.value} engine cannot do (it never exposes the logits); "
-                "serve this model with `--backend transformers` (LAMINI_ENGINE=transformers)"
+                "serve this model with `--backend transformers` (LAMINI_ENGINE=transformers)",
+                "response_format",
             )
         try:
             return self._grammar_compiler().constraint(grammar)
         except GrammarError as exc:
-            raise InvalidRequestError(f"`response_format`: {exc}") from None
+            raise UnsupportedParameterError(
+                f"`response_format`: {exc}", "response_format"
+            ) from None
 
     def _grammar_compiler(self) -> GrammarCompiler:
         with self._grammars_lock:

@@ -24,6 +24,7 @@ from app.serving.errors import (
     InvalidRequestError,
     RequestTimeoutError,
     UnavailableError,
+    UnsupportedParameterError,
 )
 from app.serving.metrics import ModelMetrics
 from app.serving.preparation import (
@@ -131,19 +132,20 @@ class ServedModel:
             )
         )
 
-    async def score(self, ids: Sequence[int], top_n: int = 0) -> list[TokenScore]:
+    async def score(self, ids: Sequence[int], top_n: int, param: str) -> list[TokenScore]:
         """Each token's log-probability given the ones before it, with the `top_n` likeliest
         alternatives (OpenAI's `echo` + `logprobs`); off the event loop, beside the batcher
         (a forward pass shares nothing with a running generation)."""
-        self.check_scoring()
+        self.check_scoring(param)
         return await asyncio.to_thread(self.engine.score, list(ids), top_n)
 
-    def check_scoring(self) -> None:
-        """Refuse, before generating anything, a request whose answer needs `score`."""
+    def check_scoring(self, param: str) -> None:
+        """Refuse, before generating anything, a request whose answer needs `score` (`param`
+        names the parameter that asks for it)."""
         try:
             self.engine.check_scoring()
         except PromptScoringError as exc:
-            raise InvalidRequestError(str(exc)) from None
+            raise UnsupportedParameterError(str(exc), param) from None
 
     # --- generating ----------------------------------------------------------------------------
 

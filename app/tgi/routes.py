@@ -141,7 +141,7 @@ async def generate_stream(
     responses={
         200: {
             "description": "A list of answers; with `stream: true`, server-sent events",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {}},
         }
     }
     | ERROR_RESPONSES,

@@ -139,7 +139,8 @@ class GenerateRequest(_Strict):
     """`POST /generate` and `POST /generate_stream` (and `POST /` with `stream`)."""
 
     inputs: str | list[str] = Field(
-        description="The instruction, or a list of instructions (`/generate` only)."
+        description="The instruction, or a list of instructions (`/generate` only).",
+        examples=["Name three colours."],
     )
     parameters: GenerateParameters = Field(default_factory=GenerateParameters)
     stream: bool = Field(default=False, description="`POST /` only: stream the answer (SSE).")

@@ -83,7 +83,7 @@ def test_local_completions_multiple_choice_and_generation(
     first = samples(tmp_path, "lamini_tiny_mc")[0]
     context = first["arguments"]["gen_args_0"]["arg_0"]
     continuation = first["arguments"]["gen_args_0"]["arg_1"]
-    served_score = first["resps"][0][0][0]
+    served_score = float(first["resps"][0][0][0])
     expected = reference_loglikelihood(gpt_tokenizer_dir, context, continuation)
     assert served_score == pytest.approx(expected, abs=1e-3)
     generations = [sample["resps"][0][0] for sample in samples(tmp_path, "lamini_tiny_gen")]
