@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from app.core.chat import ChatTurn, chat_to_instruction
 from app.core.visible_text import VisibleText
 from app.engines.base import GeneratedToken
+from app.http.openapi import error_responses
 from app.http.requests import event_stream, served_model, service_state
 from app.openai.choices import (
     Choice,
@@ -61,9 +62,9 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 
-_ERRORS: dict[int | str, dict[str, object]] = {
-    status: {"model": OpenAIErrorResponse, "description": description}
-    for status, description in (
+_ERRORS = error_responses(
+    OpenAIErrorResponse,
+    (
         (400, "Invalid or unsupported parameter"),
         (401, "Missing or wrong API key"),
         (404, "Unknown model"),
@@ -71,8 +72,8 @@ _ERRORS: dict[int | str, dict[str, object]] = {
         (429, "Queue full; retry after Retry-After seconds"),
         (503, "Model loading or server draining"),
         (504, "Request timed out"),
-    )
-}
+    ),
+)
 # With `stream: true` the 200 answer is server-sent events (chunks, then `data: [DONE]`).
 _STREAMED: dict[int | str, dict[str, object]] = {
     200: {

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from app.http.openapi import error_responses
 from app.http.requests import client_gone, event_stream, served_model, service_state
 from app.serving.errors import ClientDisconnectedError, InvalidRequestError, ServiceError
 from app.serving.preparation import PreparedRequest
@@ -30,9 +31,9 @@ from app.tgi.schemas import (
     StreamResponse,
 )
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in (
+ERROR_RESPONSES = error_responses(
+    ErrorResponse,
+    (
         (400, "Body is not JSON or not UTF-8"),
         (401, "Missing or wrong API key"),
         (404, "Unknown model"),
@@ -41,8 +42,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (429, "Queue full, retry later"),
         (503, "Model loading or server shutting down"),
         (504, "Request timed out"),
-    )
-}
+    ),
+)
 ModelQuery = Query(default=None, description="Served model to use (default: the first).")
 
 router = APIRouter(tags=["TGI-compatible"])

@@ -10,11 +10,10 @@ chat route would build. The model is chosen by the body's `model` or `?model=`.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Query, Request
 
 from app.core.chat import ChatTurn, chat_to_instruction
+from app.http.openapi import error_responses
 from app.http.requests import served_model
 from app.serving.errors import InvalidRequestError
 from app.serving.served_model import ServedModel
@@ -32,17 +31,17 @@ from app.tokenize.schemas import (
 
 router = APIRouter(tags=["Tokenizer"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": description}
-    for status, description in (
+_ERRORS = error_responses(
+    ErrorBody,
+    (
         (400, "Body is not JSON or not UTF-8"),
         (401, "Missing or wrong API key"),
         (404, "Unknown model"),
         (413, "Body too large"),
         (422, "Invalid body (or token ids outside the vocabulary)"),
         (503, "Model loading or server shutting down"),
-    )
-}
+    ),
+)
 ModelQuery = Query(default=None, description="Served model to use (default: the first).")
 
 

@@ -8,9 +8,20 @@ lm-evaluation-harness's remote tokenizer and vLLM's clients speak; TGI's `/token
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.http.fields import require_encodable
+
+
+def _encodable(value: Any) -> Any:
+    require_encodable([value])
+    return value
+
+
+# Text a tokenizer can read (no lone surrogates).
+Text = Annotated[str, AfterValidator(_encodable)]
 
 
 class _Request(BaseModel):
@@ -24,17 +35,11 @@ class _Request(BaseModel):
 class TokenizeTextRequest(_Request):
     """vLLM's completion-style `/tokenize`: the text as sent, no prompt format."""
 
-    prompt: str
+    prompt: Text
     add_special_tokens: bool = Field(
         default=True, description="Add the tokenizer's special tokens (T5's `</s>`)."
     )
     return_token_strs: bool | None = Field(default=False, description="Also return the tokens.")
-
-    @field_validator("prompt")
-    @classmethod
-    def _encodable(cls, value: str) -> str:
-        require_encodable([value])
-        return value
 
 
 class ChatMessageText(BaseModel):
@@ -43,13 +48,7 @@ class ChatMessageText(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     role: str
-    content: str | None = None
-
-    @field_validator("content")
-    @classmethod
-    def _encodable(cls, value: str | None) -> str | None:
-        require_encodable([value])
-        return value
+    content: Text | None = None
 
 
 class TokenizeChatRequest(_Request):
@@ -80,14 +79,8 @@ class TgiTokenizeParameters(BaseModel):
 class TgiTokenizeRequest(_Request):
     """TGI's `/tokenize`: `inputs` tokenized as sent."""
 
-    inputs: str
+    inputs: Text
     parameters: TgiTokenizeParameters | None = None
-
-    @field_validator("inputs")
-    @classmethod
-    def _encodable(cls, value: str) -> str:
-        require_encodable([value])
-        return value
 
 
 class TgiToken(BaseModel):
