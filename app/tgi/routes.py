@@ -52,7 +52,7 @@ router = APIRouter(tags=["TGI-compatible"])
 def _full_text(body: GenerateRequest, prompt: str, answer: Answer) -> str:
     """TGI's `return_full_text`: the prompt as sent, then the generated text with the
     whitespace it starts with (as TGI keeps it: tidying strips it from the text alone)."""
-    if not body.parameters.return_full_text:
+    if not body.generation.return_full_text:
         return answer.text
     raw = "".join(token.text for token in answer.tokens if not token.special)
     leading = raw[: len(raw) - len(raw.lstrip())] if answer.text else ""
@@ -64,7 +64,7 @@ async def _prepared(
 ) -> tuple[ServedModel, list[PreparedRequest]]:
     """The model the request names (the query wins over the body) and its prepared prompts."""
     served = served_model(request, query_model or body.model)
-    return served, await served.prepare_all(body.prompts, body.parameters.to_options())
+    return served, await served.prepare_all(body.prompts, body.generation.to_options())
 
 
 async def _generate(
@@ -74,7 +74,7 @@ async def _generate(
     answers = await served.complete_all(prepared, client_gone(request))
     return [
         GenerateResponse.of(
-            answer, body.parameters.details, _full_text(body, p.prompt, answer)
+            answer, body.generation.details, _full_text(body, p.prompt, answer)
         ).body()
         for p, answer in zip(prepared, answers, strict=True)
     ]
@@ -100,7 +100,7 @@ async def _stream(
                     yield _sse(StreamResponse.token_event(event).model_dump())
                     continue
                 text = _full_text(body, prepared.prompt, answer)
-                final = StreamResponse.final_event(event, body.parameters.details, text)
+                final = StreamResponse.final_event(event, body.generation.details, text)
                 yield _sse(final.model_dump())
         except ClientDisconnectedError:
             return

@@ -195,3 +195,21 @@ def test_tokenize_detokenize_and_tokenizer_info(server: RunningServer) -> None:
     chat = server.post("/tokenize", json={"messages": [{"role": "user", "content": "Hi"}]})
     assert chat.json()["count"] > 20  # the Alpaca wrapper around the instruction
     assert server.post("/detokenize", json={"tokens": [10**6]}).status_code == 422
+
+
+@pytest.mark.parametrize(
+    "parameters", [{"top_p": 1e-300, "do_sample": True}, {"repetition_penalty": 1e-300}]
+)
+def test_values_too_small_for_float32_are_no_server_error(
+    parameters: dict[str, Any], ct2_server: RunningServer
+) -> None:
+    body = {"inputs": "hi", "parameters": {"max_new_tokens": 2, **parameters}}
+    assert ct2_server.post("/generate", json=body).status_code == 200
+
+
+def test_v1_body_errors_are_in_openai_shape(server: RunningServer) -> None:
+    not_utf8 = server.post("/v1/completions", content=b'{"model": "\xff"}')
+    too_large = server.post("/v1/completions", content=b" " * 2_000_000)
+    assert (not_utf8.status_code, too_large.status_code) == (400, 413)
+    for response in (not_utf8, too_large):
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
