@@ -56,13 +56,16 @@ def test_echo_scores_the_prompt_as_sent(server: RunningServer) -> None:
     assert logprobs["top_logprobs"][0] is None
     assert all(value <= 0 for value in logprobs["token_logprobs"][1:])
     for token, value, top in zip(
-        logprobs["tokens"][1:], logprobs["token_logprobs"][1:], logprobs["top_logprobs"][1:]
+        logprobs["tokens"][1:],
+        logprobs["token_logprobs"][1:],
+        logprobs["top_logprobs"][1:],
+        strict=True,
     ):
         assert top[token] == pytest.approx(value)
         assert max(top.values()) >= value
     assert choice["text"].startswith("The capital of France is")
     tokens, offsets = logprobs["tokens"], logprobs["text_offset"]
-    assert [choice["text"][o : o + len(t)] for o, t in zip(offsets, tokens)] == tokens
+    assert [choice["text"][o : o + len(t)] for o, t in zip(offsets, tokens, strict=True)] == tokens
 
 
 def test_echo_scores_agree_across_engines(server: RunningServer, ct2_server: RunningServer) -> None:
@@ -74,13 +77,16 @@ def test_echo_scores_agree_across_engines(server: RunningServer, ct2_server: Run
 
 
 def test_text_offsets_point_into_the_returned_text(server: RunningServer) -> None:
+    """The tidied text loses the first token's leading space: offsets still point at each
+    token's own characters in the text returned."""
     choice = complete(server, prompt="Say hi.", max_tokens=6, logprobs=0)["choices"][0]
-    text, logprobs = choice["text"], choice["logprobs"]
-    for token, offset in zip(logprobs["tokens"], logprobs["text_offset"]):
-        stripped = token.strip()
-        if stripped and offset < len(text):
-            assert text[offset:].lstrip().startswith(stripped[:1])
-    assert logprobs["text_offset"][0] == 0
+    text, tokens = choice["text"], choice["logprobs"]["tokens"]
+    offsets = choice["logprobs"]["text_offset"]
+    assert offsets[0] == 0
+    assert text.startswith(tokens[0].lstrip())
+    for token, offset in zip(tokens[1:], offsets[1:], strict=True):
+        if offset + len(token) <= len(text):
+            assert text[offset : offset + len(token)] == token
 
 
 def test_token_id_prompts_and_lists_of_them(server: RunningServer) -> None:
