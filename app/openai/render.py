@@ -154,7 +154,9 @@ class CompletionRenderer(Renderer):
                 base += len(texts[-1])
                 logprobs.append(score.logprob)
                 tops.append(
-                    None if score.logprob is None else self._top((score.id, None), score.top)
+                    None
+                    if score.logprob is None
+                    else self._top((score.id, score.logprob), score.top)
                 )
             base = len(choice.echo.text)
         position = 0
