@@ -165,13 +165,13 @@ class CompletionRenderer(Renderer):
             position += len(token.text)
             texts.append(token.text)
             logprobs.append(token.finite_logprob)
-            alternatives = () if choice.alternatives is None else choice.alternatives[number]
-            tops.append(self._top((token.id, token.finite_logprob), alternatives))
-        wants_tops = choice.alternatives is not None or choice.echo is not None
+            if choice.alternatives is not None:
+                chosen = (token.id, token.finite_logprob)
+                tops.append(self._top(chosen, choice.alternatives[number]))
         return CompletionLogprobs(
             tokens=texts,
             token_logprobs=logprobs,
-            top_logprobs=tops if wants_tops else None,
+            top_logprobs=tops if tops else None,
             text_offset=offsets,
         )
 

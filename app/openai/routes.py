@@ -191,7 +191,7 @@ async def _result(planned: PlannedResponse, choice: Choice, answer: Answer) -> C
         answer.tokens,
         reason,
         text_start,
-        alternatives=[score.top for score in generated] if planned.top_n else None,
+        alternatives=[score.top for score in generated],
         echo=Echo(choice.prepared.prompt, scores[: len(prompt_ids)]) if planned.echo else None,
     )
 
