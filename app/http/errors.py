@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,6 +32,11 @@ logger = logging.getLogger(__name__)
 
 # nginx's "client closed request": nobody is left to read an answer.
 CLIENT_CLOSED_REQUEST = 499
+
+
+def documented_errors(body: type, described: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the error statuses of a route, each with its API's error body."""
+    return {status: {"model": body, "description": text} for status, text in described.items()}
 
 
 def error_headers(error: ServiceError, retry_after_s: int) -> dict[str, str] | None:

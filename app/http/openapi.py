@@ -1,5 +1,4 @@
-"""The OpenAPI document: the error statuses each route declares, and what only the running
-server knows - the served models' names.
+"""The OpenAPI document, with what only the running server knows: the served models' names.
 
 Every request body's `model` property gets them as `examples`, so a reader of `/docs` - and a
 fuzzer such as schemathesis, whose example phase sends them - uses a model that exists instead
@@ -12,14 +11,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI
-from pydantic import BaseModel
-
-
-def error_responses(
-    body: type[BaseModel], statuses: Sequence[tuple[int, str]]
-) -> dict[int | str, dict[str, Any]]:
-    """FastAPI `responses` declaring each `(status, description)` with the API's error body."""
-    return {status: {"model": body, "description": text} for status, text in statuses}
 
 
 def with_model_examples(app: FastAPI, model_names: Callable[[], Sequence[str]]) -> None:

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from app.core.chat import ChatTurn, chat_to_instruction
 from app.core.visible_text import VisibleText
 from app.engines.base import GeneratedToken
-from app.http.openapi import error_responses
+from app.http.errors import documented_errors
 from app.http.requests import event_stream, served_model, service_state
 from app.openai.choices import (
     Choice,
@@ -62,17 +62,17 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 
-_ERRORS = error_responses(
+_ERRORS = documented_errors(
     OpenAIErrorResponse,
-    (
-        (400, "Invalid or unsupported parameter"),
-        (401, "Missing or wrong API key"),
-        (404, "Unknown model"),
-        (413, "Body larger than max_body_bytes"),
-        (429, "Queue full; retry after Retry-After seconds"),
-        (503, "Model loading or server draining"),
-        (504, "Request timed out"),
-    ),
+    {
+        400: "Invalid or unsupported parameter, body not JSON or not UTF-8",
+        401: "Missing or wrong API key",
+        404: "Unknown model",
+        413: "Body too large",
+        429: "Queue full; retry after Retry-After seconds",
+        503: "Model loading or server draining",
+        504: "Request timed out",
+    },
 )
 # With `stream: true` the 200 answer is server-sent events (chunks, then `data: [DONE]`).
 _STREAMED: dict[int | str, dict[str, object]] = {

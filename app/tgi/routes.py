@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.http.openapi import error_responses
+from app.http.errors import documented_errors
 from app.http.requests import client_gone, event_stream, served_model, service_state
 from app.serving.errors import ClientDisconnectedError, InvalidRequestError, ServiceError
 from app.serving.preparation import PreparedRequest
@@ -31,18 +31,18 @@ from app.tgi.schemas import (
     StreamResponse,
 )
 
-ERROR_RESPONSES = error_responses(
+ERROR_RESPONSES = documented_errors(
     ErrorResponse,
-    (
-        (400, "Body is not JSON or not UTF-8"),
-        (401, "Missing or wrong API key"),
-        (404, "Unknown model"),
-        (413, "Body too large"),
-        (422, "Invalid parameters"),
-        (429, "Queue full, retry later"),
-        (503, "Model loading or server shutting down"),
-        (504, "Request timed out"),
-    ),
+    {
+        400: "Body is not JSON or not UTF-8",
+        401: "Missing or wrong API key",
+        404: "Unknown model",
+        413: "Body too large",
+        422: "Invalid parameters",
+        429: "Queue full, retry later",
+        503: "Model loading or server shutting down",
+        504: "Request timed out",
+    },
 )
 ModelQuery = Query(default=None, description="Served model to use (default: the first).")
 

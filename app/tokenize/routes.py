@@ -13,7 +13,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 
 from app.core.chat import ChatTurn, chat_to_instruction
-from app.http.openapi import error_responses
+from app.http.errors import documented_errors
 from app.http.requests import served_model
 from app.serving.errors import InvalidRequestError
 from app.serving.served_model import ServedModel
@@ -31,16 +31,16 @@ from app.tokenize.schemas import (
 
 router = APIRouter(tags=["Tokenizer"])
 
-_ERRORS = error_responses(
+_ERRORS = documented_errors(
     ErrorBody,
-    (
-        (400, "Body is not JSON or not UTF-8"),
-        (401, "Missing or wrong API key"),
-        (404, "Unknown model"),
-        (413, "Body too large"),
-        (422, "Invalid body (or token ids outside the vocabulary)"),
-        (503, "Model loading or server shutting down"),
-    ),
+    {
+        400: "Body is not JSON or not UTF-8",
+        401: "Missing or wrong API key",
+        404: "Unknown model",
+        413: "Body too large",
+        422: "Invalid body (or token ids outside the vocabulary)",
+        503: "Model loading or server shutting down",
+    },
 )
 ModelQuery = Query(default=None, description="Served model to use (default: the first).")
 
