@@ -12,10 +12,11 @@ apache-tvm-ffi. outlines-core builds a regex index over the whole vocabulary per
 (seconds for 50k tokens) - too slow per request.
 
 Nothing here knows an engine: `GrammarCompiler` (one per model: it wraps the tokenizer) turns
-a `ResponseGrammar` into a `TokenConstraint` per sequence; an engine asks a constraint for its
-allowed-token mask before sampling (`allowed`) and tells it each chosen token (`advance`).
-Once the grammar is complete the mask allows only end-of-sequence, so the sequence ends with
-the engine's usual eos handling.
+a `ResponseGrammar` into a `TokenConstraint` per sequence, handed to the engine as
+`EngineRequest.constraint`. An engine that sets `supports_constraints` masks each constrained
+row's logits with `allowed()` before sampling; `SequenceTracker.push` tells the constraint each
+chosen token (`advance`), so the engine never does. Once the grammar is complete the mask
+allows only end-of-sequence, so the sequence ends with the engine's usual eos handling.
 """
 
 from __future__ import annotations
