@@ -134,8 +134,8 @@ class CompletionRenderer(Renderer):
         """OpenAI's `top_logprobs` entry: the alternatives, and the chosen token (as vLLM)."""
         top = {self.token_text(token_id): logprob for token_id, logprob in alternatives}
         token_id, logprob = chosen
-        if logprob is not None:
-            top.setdefault(self.token_text(token_id), logprob)
+        if logprob is not None:  # its own entry wins over another id with the same text
+            top[self.token_text(token_id)] = logprob
         return top
 
     def _logprobs(self, choice: ChoiceResult) -> CompletionLogprobs:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
+from starlette.convertors import Convertor, register_url_convertor
 
 from app.core.chat import ChatTurn, chat_to_instruction
 from app.core.visible_text import VisibleText
@@ -308,7 +309,23 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[_model_card(name) for name in names])
 
 
-@router.get("/models/{model:path}", response_model=ModelCard, responses=_ERRORS)
+class _AnyTextConvertor(Convertor[str]):
+    """Starlette's `path`, newlines included: `/v1/models/a%0Ab` is an unknown model (and
+    `/v1/a%0Ab` an unknown URL) in OpenAI's shape, not a route that matched nothing."""
+
+    regex = "[\\s\\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anytext", _AnyTextConvertor())
+
+
+@router.get("/models/{model:anytext}", response_model=ModelCard, responses=_ERRORS)
 async def retrieve_model(model: str, request: Request) -> ModelCard:
     """One served model, or 404 `model_not_found`."""
     if model not in service_state(request).model_names:
@@ -317,7 +334,7 @@ async def retrieve_model(model: str, request: Request) -> ModelCard:
 
 
 @router.api_route(
-    "/{path:path}",
+    "/{path:anytext}",
     methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
     include_in_schema=False,
 )

@@ -286,6 +286,7 @@ class CompletionRequest(OpenAIRequest):
         default=None,
         ge=0,
         le=MAX_LOGPROBS,
+        strict=True,
         description="Log probabilities of each token and of its `logprobs` likeliest alternatives.",
     )
 

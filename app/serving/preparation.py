@@ -20,9 +20,12 @@ from app.serving.errors import InvalidRequestError, UnsupportedParameterError
 
 # Below this, logits divided by the temperature overflow float32 and sampling fails.
 MIN_SAMPLING_TEMPERATURE = 1e-6
-# The smallest normal float32: engines compute in float32, where a smaller positive top_p or
-# repetition penalty becomes 0 and is refused (CTranslate2) - it means the same as this one.
+# The smallest normal float32: engines compute in float32, where a smaller positive top_p
+# becomes 0 and is refused (CTranslate2) - it means the same as this one.
 MIN_FLOAT32 = 1.1754943508222875e-38
+# A repetition penalty divides (or multiplies) logits: beyond these bounds float32 logits
+# overflow to inf and sampling fails, while the effect is already total within them.
+REPETITION_PENALTY_BOUNDS = (1e-6, 1e6)
 
 
 def sampling_for(
@@ -169,14 +172,18 @@ class RequestPreparer:
         """The request's sampling settings as the engine must get them.
 
         A `top_k` at least the vocabulary size keeps every token: that is top-k off, which is
-        what engines are told (CTranslate2 refuses a larger k); a top_p or repetition penalty
-        too small for float32 is raised to the smallest one. `ignore_eos` is a minimum
-        length of all the tokens asked for, so eos can never be chosen.
+        what engines are told (CTranslate2 refuses a larger k); a top_p too small for float32
+        and a repetition penalty outside `REPETITION_PENALTY_BOUNDS` are brought within.
+        `ignore_eos` is a minimum length of all the tokens asked for, so eos can never be
+        chosen.
         """
         sampling = dataclasses.replace(
             options.sampling,
             top_p=max(options.sampling.top_p, MIN_FLOAT32),
-            repetition_penalty=max(options.sampling.repetition_penalty, MIN_FLOAT32),
+            repetition_penalty=min(
+                max(options.sampling.repetition_penalty, REPETITION_PENALTY_BOUNDS[0]),
+                REPETITION_PENALTY_BOUNDS[1],
+            ),
         )
         if sampling.top_k >= self.vocab_size:
             sampling = dataclasses.replace(sampling, top_k=0)
