@@ -156,10 +156,14 @@ class OpenAIRequest(BaseModel):
         default=None, gt=0, le=10, description="Extension (as in vLLM): 1 = no penalty."
     )
     min_tokens: int | None = Field(
-        default=None, ge=0, description="Extension (as in vLLM): fewest tokens to generate."
+        default=None,
+        ge=0,
+        strict=True,
+        description="Extension (as in vLLM): fewest tokens to generate.",
     )
     ignore_eos: bool | None = Field(
         default=False,
+        strict=True,
         description="Extension (as in vLLM): never stop at end-of-sequence, generate max_tokens.",
     )
     response_format: ResponseFormat | None = Field(
@@ -279,6 +283,7 @@ class CompletionRequest(OpenAIRequest):
     best_of: int | None = Field(default=None, ge=1)
     echo: bool | None = Field(
         default=False,
+        strict=True,
         description="Prepend the prompt (scored as sent, without the prompt format) to the text.",
     )
     suffix: str | None = None
