@@ -60,7 +60,7 @@ _COMMON_RULES: dict[str, HonourRule] = {
 class StreamOptions(BaseModel):
     """`stream_options`: only `include_usage` changes anything here."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     include_usage: bool | None = False
     continuous_usage_stats: bool | None = Field(
@@ -86,7 +86,7 @@ class ResponseFormat(BaseModel):
     """`response_format`: plain text, any JSON object, or JSON that follows a schema (the two
     JSON formats are enforced by constrained decoding, on engines that expose the logits)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
@@ -123,7 +123,7 @@ class OpenAIRequest(BaseModel):
     only with a value we can honour (or unset), otherwise the request fails naming it.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     unhonoured_rules: ClassVar[dict[str, HonourRule]] = _COMMON_RULES
 
     model: str = Field(min_length=1, description="A model id from GET /v1/models.")
@@ -134,14 +134,15 @@ class OpenAIRequest(BaseModel):
     top_p: FiniteFloat | None = Field(
         default=None, gt=0, le=1, description="Nucleus sampling mass."
     )
-    n: int = Field(default=1, ge=1, description="Choices to generate for each prompt.")
+    # n and stream are nullable in OpenAI's schema (null means the default, see below).
+    n: int | None = Field(default=1, ge=1, description="Choices to generate for each prompt.")
     stop: str | list[str] | None = Field(
         default=None, description=f"Up to {MAX_STOP_SEQUENCES} sequences that end generation."
     )
     seed: int | None = Field(
         default=None, ge=0, le=2**63 - 1, description="Seed for reproducible sampling."
     )
-    stream: bool = Field(default=False, description="Stream server-sent events.")
+    stream: bool | None = Field(default=False, description="Stream server-sent events.")
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, description="Accepted and ignored.")
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
@@ -397,7 +398,7 @@ class Completion(BaseModel):
 class TextContentPart(BaseModel):
     """The only content part these text models can read."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     type: Literal["text"]
     text: str
@@ -410,7 +411,7 @@ _UNREADABLE_FIELDS = ("tool_calls", "tool_call_id", "function_call", "audio")
 class ChatMessage(BaseModel):
     """One input message. Tool and function messages cannot be honoured by these models."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     role: MessageRole
     content: str | list[TextContentPart] | None = None
