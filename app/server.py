@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from app.http.auth import install_access_control
 from app.http.errors import ErrorShapes
 from app.http.middleware import BodyGuardMiddleware, RequestContextMiddleware
+from app.http.openapi import with_model_examples
 from app.http.probes import router as probes_router
 from app.openai.errors import OpenAIErrorShape
 from app.openai.routes import router as openai_router
@@ -28,6 +29,7 @@ from app.serving.state import VERSION, ModelLoader, ServiceState
 from app.settings import Settings
 from app.tgi.errors import TGIErrorShape
 from app.tgi.routes import router as tgi_router
+from app.tokenize.routes import router as tokenize_router
 from model_store.resolver import load_model
 
 
@@ -61,6 +63,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = state
+    with_model_examples(app, lambda: state.model_names)
     error_shapes = ErrorShapes(
         default=TGIErrorShape(settings.retry_after_s),
         others=[OpenAIErrorShape(settings.retry_after_s)],
@@ -70,6 +73,7 @@ def create_app(
     app.include_router(probes_router)
     app.include_router(openai_router)
     app.include_router(playground_router)
+    app.include_router(tokenize_router)
     app.add_middleware(
         BodyGuardMiddleware, max_body_bytes=settings.max_body_bytes, error_shapes=error_shapes
     )

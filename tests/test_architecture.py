@@ -33,13 +33,14 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("app.tgi", 5),
     ("app.openai", 5),
     ("app.playground", 5),
+    ("app.tokenize", 5),
     ("app.server", 6),
     ("app.commands", 7),
     ("app.cli", 7),
     ("benchmarks", 8),
 )
 # Folders of one layer that must not know each other: each wire API stands alone.
-INDEPENDENT_PEERS = ("app.tgi", "app.openai", "app.playground")
+INDEPENDENT_PEERS = ("app.tgi", "app.openai", "app.playground", "app.tokenize")
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from app.core.engine_kinds import EngineKind
-from app.core.errors import ModelSourceError
+from app.core.errors import LaminiError, ModelSourceError
 from app.core.families import Family
+from app.engines.grammar import TokenConstraint
+from app.engines.scoring import TokenScore, score_tokens
 
 
 class FinishReason(str, enum.Enum):
@@ -70,12 +74,14 @@ class EngineRequest:
     `on_token` is called from the engine's thread for every generated token (streaming);
     `on_finish` is called from that thread as soon as this sequence is finished - before the
     rest of its batch - so its answer need not wait for longer neighbours; `is_cancelled` is
-    polled every step so a disconnected client stops costing compute.
+    polled every step so a disconnected client stops costing compute. `constraint` (engines
+    with `supports_constraints` only) masks the tokens a response grammar does not allow.
     """
 
     prompt_ids: list[int]
     max_new_tokens: int
     stop: tuple[str, ...] = ()
+    constraint: TokenConstraint | None = None
     on_token: TokenCallback | None = None
     on_finish: FinishCallback | None = None
     is_cancelled: Callable[[], bool] = lambda: False
@@ -156,6 +162,8 @@ class SequenceTracker:
         if self.request.is_cancelled():
             self.finish_reason = FinishReason.CANCELLED
             return True
+        if self.request.constraint is not None:
+            self.request.constraint.advance(token_id)
         is_eos = token_id in self.eos_token_ids
         special = is_eos or token_id in getattr(self.tokenizer, "all_special_ids", ())
         self._ids.append(token_id)
@@ -227,6 +235,11 @@ class EngineInfo:
     quantization: str
     max_input_tokens: int
     max_total_tokens: int
+    vocab_size: int | None = None
+
+
+class PromptScoringError(LaminiError):
+    """This model or engine cannot score a prompt (encoder-decoder models never can)."""
 
 
 def encode_prompt(tokenizer: Any, family: Family, text: str) -> list[int]:
@@ -275,6 +288,12 @@ def limits_from_config(config: Any, tokenizer: Any, family: Family) -> tuple[int
     return int(positions) - 1, int(positions)
 
 
+def vocab_size_from_config(config: Any) -> int | None:
+    """The model's output vocabulary (the logits' width), which may exceed the tokenizer's."""
+    size = getattr(config, "vocab_size", None)
+    return int(size) if isinstance(size, int) and size > 0 else None
+
+
 class Engine(ABC):
     """A loaded model that generates for batches of tokenised prompts.
 
@@ -284,6 +303,8 @@ class Engine(ABC):
     family: Family
     tokenizer: Any
     info: EngineInfo
+    # Whether `EngineRequest.constraint` is honoured (the engine exposes each step's logits).
+    supports_constraints: bool = False
 
     @property
     def eos_token_ids(self) -> frozenset[int]:
@@ -311,6 +332,33 @@ class Engine(ABC):
         Must stop feeding (and, where the runtime allows, stop computing) a sequence once its
         tracker reports done.
         """
+
+    def score(self, ids: Sequence[int], top_n: int = 0) -> list[TokenScore]:
+        """Each token of `ids` with its log-probability given the tokens before it and the
+        `top_n` likeliest alternatives (see `app.engines.scoring`).
+
+        A pure forward pass: it shares no state with a running generation, so it may run on
+        any thread (the runtimes here are safe for concurrent reads).
+        """
+        self.check_scoring()
+        if len(ids) < 2:
+            return score_tokens(ids, np.zeros((0, 0), dtype=np.float32), top_n)
+        return score_tokens(ids, self.next_token_logprobs(list(ids[:-1])), top_n)
+
+    def check_scoring(self) -> None:
+        """Raise `PromptScoringError` when this model cannot score a prompt."""
+        if self.family.is_seq2seq:
+            raise PromptScoringError(
+                f"{self.family.name} is an encoder-decoder model: it reads the prompt with its "
+                "encoder and never predicts the prompt's tokens, so a prompt has no "
+                "log-probabilities and cannot be echoed and continued; `echo` and logprobs "
+                "alternatives need a decoder-only model (LaMini-GPT, -Cerebras, -Neo, OPT-IML)"
+            )
+
+    def next_token_logprobs(self, ids: list[int]) -> np.ndarray:
+        """`[len(ids), vocab]` float32: row t is the log-softmax distribution of the token
+        after `ids[: t + 1]`. Engines that can score implement it."""
+        raise PromptScoringError(f"the {self.info.kind.value} engine cannot score prompts")
 
     def close(self) -> None:  # noqa: B027 - optional hook, most runtimes free on GC
         """Release runtime resources (threads, sessions)."""

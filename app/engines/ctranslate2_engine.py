@@ -32,6 +32,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import ctranslate2
+import numpy as np
 from transformers import AutoTokenizer
 
 from app.core.engine_kinds import EngineKind
@@ -44,6 +45,7 @@ from app.engines.base import (
     SequenceTracker,
     cut_longest_first,
     limits_from_config,
+    vocab_size_from_config,
 )
 
 
@@ -256,7 +258,8 @@ class CTranslate2Engine(Engine):
             raise ModelSourceError(
                 f"cannot load the CTranslate2 model in {model_dir}: {reason}"
             ) from None
-        max_input, max_total = limits_from_config(SimpleNamespace(**config), self.tokenizer, family)
+        source_config = SimpleNamespace(**config)
+        max_input, max_total = limits_from_config(source_config, self.tokenizer, family)
         self.static_prompt_ids = self._static_prompt_ids()
         self.info = EngineInfo(
             kind=EngineKind.CTRANSLATE2,
@@ -264,7 +267,15 @@ class CTranslate2Engine(Engine):
             quantization=compute_type,
             max_input_tokens=max_input,
             max_total_tokens=max_total,
+            vocab_size=vocab_size_from_config(source_config),
         )
+
+    def next_token_logprobs(self, ids: list[int]) -> np.ndarray:
+        """`Generator.forward_batch` with log-probabilities (decoder-only models)."""
+        output = self.model.forward_batch([ids], return_log_probs=True)
+        if self.device != "cpu":
+            output = output.to_device(ctranslate2.Device.cpu)
+        return np.array(output, dtype=np.float32)[0]
 
     def _static_prompt_ids(self) -> list[int]:
         """The token ids every prompt of this family's format starts with (decoder-only).

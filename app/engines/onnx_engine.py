@@ -34,6 +34,7 @@ from app.engines.base import (
     SequenceTracker,
     cut_longest_first,
     limits_from_config,
+    vocab_size_from_config,
 )
 from app.engines.loading import load_ort_model
 from app.engines.transformers_engine import TransformersEngine
@@ -104,6 +105,7 @@ class OnnxEngine(TransformersEngine):
             quantization=quantization,
             max_input_tokens=max_input,
             max_total_tokens=max_total,
+            vocab_size=vocab_size_from_config(self.model.config),
         )
 
     def _generate(self, trackers: list[SequenceTracker], sampling: SamplingParams) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -36,6 +37,7 @@ from app.engines.base import (
     SamplingParams,
     SequenceTracker,
     limits_from_config,
+    vocab_size_from_config,
 )
 from app.engines.loading import checkpoint_load_errors, load_tokenizer
 
@@ -69,6 +71,41 @@ class _TrackerFeed:
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
+class _GrammarMask:
+    """A logits processor that leaves each constrained row only its grammar's allowed tokens.
+
+    It runs after transformers' own processors (repetition penalty, min length) and before the
+    sampling warpers, so they choose among allowed tokens only; rows without a constraint, and
+    finished rows, are left alone. A row left with nothing (a complete answer while a minimum
+    length still forbids eos) may end: eos gets back its score.
+    """
+
+    def __init__(self, trackers: list[SequenceTracker], eos_token_ids: frozenset[int]) -> None:
+        self._eos = sorted(eos_token_ids)
+        self._rows = [
+            (row, tracker)
+            for row, tracker in enumerate(trackers)
+            if tracker.request.constraint is not None
+        ]
+
+    def __bool__(self) -> bool:
+        return bool(self._rows)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
+        for row, tracker in self._rows:
+            constraint = tracker.request.constraint
+            if tracker.done or constraint is None:
+                continue
+            allowed = torch.from_numpy(constraint.allowed()).to(scores.device)
+            width = min(allowed.shape[0], scores.shape[1])
+            blocked = torch.ones(scores.shape[1], dtype=torch.bool, device=scores.device)
+            blocked[:width] = ~allowed[:width]
+            scores[row].masked_fill_(blocked, float("-inf"))
+            if torch.isinf(scores[row]).all() and self._eos:
+                scores[row, self._eos] = 0.0
+        return scores
+
+
 def _sampling_warpers(sampling: SamplingParams) -> list[Any]:
     """Temperature, top-k and top-p in transformers' own order (0 / 1.0 mean off)."""
     if not sampling.do_sample:
@@ -98,6 +135,8 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
 class TransformersEngine(Engine):
     """A Hugging Face checkpoint run by `transformers` in float32."""
 
+    supports_constraints = True
+
     def __init__(
         self, checkpoint_dir: Path, family: Family, device: str = "cpu", threads: int | None = None
     ) -> None:
@@ -124,7 +163,15 @@ class TransformersEngine(Engine):
             quantization="float32",
             max_input_tokens=max_input,
             max_total_tokens=max_total,
+            vocab_size=vocab_size_from_config(model.config),
         )
+
+    def next_token_logprobs(self, ids: list[int]) -> np.ndarray:
+        """One forward pass over `ids` (decoder-only models)."""
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            logits = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+            return torch.log_softmax(logits.logits[0].float(), dim=-1).cpu().numpy()
 
     def _padded_batch(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Input ids and attention mask; decoder-only prompts are left-padded so that every
@@ -178,6 +225,8 @@ class TransformersEngine(Engine):
             [tracker.request.prompt_ids for tracker in trackers]
         )
         feed = _TrackerFeed(trackers)
+        grammar = _GrammarMask(trackers, self.eos_token_ids)
+        masks = [grammar] if grammar else []
         config = self._generation_config(
             sampling, self._max_new_tokens(trackers, input_ids.shape[1])
         )
@@ -187,7 +236,7 @@ class TransformersEngine(Engine):
                 attention_mask=attention_mask,
                 generation_config=config,
                 logits_processor=LogitsProcessorList(
-                    [*_sampling_warpers(sampling), feed.keep_scores]
+                    [*masks, *_sampling_warpers(sampling), feed.keep_scores]
                 ),
                 stopping_criteria=StoppingCriteriaList([feed]),
             )

@@ -20,7 +20,7 @@ from typing import Any
 from starlette.requests import Request
 
 from app.http.requests import client_gone
-from app.serving.preparation import GenerationOptions, PreparedRequest
+from app.serving.preparation import GenerationOptions, PreparedRequest, Prompt
 from app.serving.served_model import Answer, ServedModel, StreamEvent
 
 
@@ -49,7 +49,7 @@ def _with_seed_offset(prepared: PreparedRequest, offset: int) -> PreparedRequest
 
 
 async def plan_choices(
-    served: ServedModel, prompts: Sequence[str], options: GenerationOptions, n: int
+    served: ServedModel, prompts: Sequence[Prompt], options: GenerationOptions, n: int
 ) -> ChoicePlan:
     """Prepare each prompt once (format, tokenise, check limits) and fan it out to `n` choices;
     at most `max_client_batch_size` choices in all.

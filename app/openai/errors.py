@@ -25,6 +25,7 @@ from app.serving.errors import (
     RequestTimeoutError,
     ServiceError,
     UnavailableError,
+    UnsupportedParameterError,
 )
 
 OPENAI_PATH_PREFIX = "/v1/"
@@ -105,6 +106,8 @@ def from_service_error(exc: ServiceError, retry_after_s: int | None = None) -> O
         return OpenAIError(exc.status_code, message, SERVER_ERROR, code=exc.error_type)
     if exc.status_code >= 500:
         return OpenAIError(exc.status_code, message, SERVER_ERROR)
+    if isinstance(exc, UnsupportedParameterError):
+        return OpenAIError(400, message, param=exc.param, code="unsupported_parameter")
     # OpenAI answers every invalid request with 400 (TGI uses 422 for some).
     status = 400 if exc.status_code == 422 else exc.status_code
     return OpenAIError(status, message, code="invalid_value")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
+from starlette.convertors import Convertor, register_url_convertor
 
 from app.core.chat import ChatTurn, chat_to_instruction
 from app.core.visible_text import VisibleText
@@ -40,6 +41,7 @@ from app.openai.render import (
     ChatRenderer,
     ChoiceResult,
     CompletionRenderer,
+    Echo,
     Renderer,
 )
 from app.openai.schemas import (
@@ -54,7 +56,8 @@ from app.openai.schemas import (
     Usage,
 )
 from app.serving.errors import ModelNotFoundError, ServiceError
-from app.serving.served_model import ServedModel
+from app.serving.preparation import Prompt
+from app.serving.served_model import Answer, ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +75,13 @@ _ERRORS = documented_errors(
         504: "Request timed out",
     },
 )
+# With `stream: true` the 200 answer is server-sent events (chunks, then `data: [DONE]`).
+_STREAMED: dict[int | str, dict[str, object]] = {
+    200: {
+        "description": "The answer; with `stream: true`, server-sent events of chunks",
+        "content": {"text/event-stream": {}},
+    }
+}
 _STARTED_AT = int(time.time())  # the `created` time of every served model
 
 
@@ -110,6 +120,10 @@ class PlannedResponse:
     served: ServedModel
     plan: ChoicePlan
     renderer: Renderer
+    # Likeliest alternatives to report per token, and whether the prompt is echoed (both
+    # need the model to score the sequence).
+    top_n: int = 0
+    echo: bool = False
 
     def visible_text(self, choice: Choice, tokens: Sequence[GeneratedToken] = ()) -> VisibleText:
         raw = "".join(_piece(token) for token in tokens)
@@ -130,34 +144,75 @@ class PlannedResponse:
 async def _plan(
     request: Request,
     body: OpenAIRequest,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     max_tokens: int | None,
     renderer_class: type[Renderer],
     with_logprobs: bool,
+    top_n: int = 0,
+    echo: bool = False,
 ) -> PlannedResponse:
     served = served_model(request, body.model)
+    if top_n or echo:
+        served.check_scoring(_scoring_param(body, echo))
     plan = await plan_choices(served, prompts, body.to_options(max_tokens), body.n)
+    tokenizer = served.engine.tokenizer
     renderer = renderer_class(
         id=f"{renderer_class.id_prefix}-{uuid.uuid4().hex}",
         model=body.model,
         system_fingerprint=_system_fingerprint(served),
         with_logprobs=with_logprobs,
+        token_text=lambda token_id: tokenizer.decode([token_id]),
     )
-    return PlannedResponse(served, plan, renderer)
+    return PlannedResponse(served, plan, renderer, top_n=top_n, echo=echo)
+
+
+def _scoring_param(body: OpenAIRequest, echo: bool) -> str:
+    """The parameter that makes a request need the model to score tokens."""
+    if echo:
+        return "echo"
+    return "top_logprobs" if isinstance(body, ChatCompletionRequest) else "logprobs"
+
+
+async def _result(planned: PlannedResponse, choice: Choice, answer: Answer) -> ChoiceResult:
+    """One finished choice, with its scored prompt and alternatives when asked for."""
+    visible = planned.visible_text(choice, answer.tokens)
+    text = visible.text
+    raw = visible.raw
+    text_start = max(0, raw.find(text)) if text else len(raw)
+    reason = OPENAI_FINISH_REASONS[answer.finish_reason]
+    if not (planned.top_n or planned.echo):
+        return ChoiceResult(choice.index, text, answer.tokens, reason, text_start)
+    prompt_ids = choice.prepared.prompt_ids
+    ids = [*prompt_ids, *(token.id for token in answer.tokens)]
+    scores = await planned.served.score(ids, planned.top_n, "logprobs")
+    generated = scores[len(prompt_ids) :]
+    return ChoiceResult(
+        choice.index,
+        text,
+        answer.tokens,
+        reason,
+        text_start,
+        alternatives=[score.top for score in generated],
+        echo=Echo(choice.prepared.prompt, scores[: len(prompt_ids)]) if planned.echo else None,
+    )
 
 
 async def _respond(planned: PlannedResponse, body: OpenAIRequest, request: Request) -> Response:
     """Run every choice; answer with one JSON object or a stream of server-sent events."""
     if body.stream:
         streams = await started_streams(planned.served, planned.plan)
-        events = _events(planned, streams, include_usage=body.include_usage_chunk)
+        events = _events(
+            planned,
+            streams,
+            include_usage=body.include_usage_chunk,
+            continuous_usage=body.continuous_usage,
+        )
         return event_stream(events)
     answers = await complete_choices(planned.served, planned.plan, request)
-    results = []
-    for choice, answer in zip(planned.plan.choices, answers, strict=True):
-        text = planned.visible_text(choice, answer.tokens).text
-        reason = OPENAI_FINISH_REASONS[answer.finish_reason]
-        results.append(ChoiceResult(choice.index, text, answer.tokens, reason))
+    results = [
+        await _result(planned, choice, answer)
+        for choice, answer in zip(planned.plan.choices, answers, strict=True)
+    ]
     usage = planned.usage(sum(len(answer.tokens) for answer in answers))
     body_json = planned.renderer.response(results, usage).model_dump_json()
     return Response(body_json, media_type="application/json")
@@ -169,9 +224,13 @@ def _sse(payload: BaseModel | str) -> str:
 
 
 async def _events(
-    planned: PlannedResponse, streams: ChoiceStreams, include_usage: bool
+    planned: PlannedResponse,
+    streams: ChoiceStreams,
+    include_usage: bool,
+    continuous_usage: bool = False,
 ) -> AsyncIterator[str]:
-    """Chunks as tokens arrive, the usage chunk if asked for, then `[DONE]`.
+    """Chunks as tokens arrive (with `continuous_usage`, each with the usage so far), the usage
+    chunk if asked for, then `[DONE]`.
 
     A failure after the first byte can only be reported in the stream: as an `error` event,
     which the OpenAI clients raise as an APIError.
@@ -186,12 +245,14 @@ async def _events(
             generated += 1
             text = texts[index]
             delta = text.push(event.token)
+            usage = planned.usage(generated) if continuous_usage else None
             if event.answer is not None:
                 delta += text.visible.finish()
                 reason = OPENAI_FINISH_REASONS[event.answer.finish_reason]
-                yield _sse(renderer.chunk(ChoiceResult(index, delta, text.take_tokens(), reason)))
+                result = ChoiceResult(index, delta, text.take_tokens(), reason)
+                yield _sse(renderer.chunk(result, usage))
             elif delta:
-                yield _sse(renderer.chunk(ChoiceResult(index, delta, text.take_tokens())))
+                yield _sse(renderer.chunk(ChoiceResult(index, delta, text.take_tokens()), usage))
         if include_usage:
             yield _sse(renderer.usage_chunk(planned.usage(generated)))
         yield _sse("[DONE]")
@@ -205,7 +266,7 @@ async def _events(
         await streams.close()
 
 
-@router.post("/completions", response_model=Completion, responses=_ERRORS)
+@router.post("/completions", response_model=Completion, responses=_STREAMED | _ERRORS)
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     """Complete each prompt; a prompt is an instruction, wrapped in the family's format."""
     planned = await _plan(
@@ -215,11 +276,13 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         body.max_tokens,
         CompletionRenderer,
         with_logprobs=body.logprobs is not None,
+        top_n=body.logprobs or 0,
+        echo=bool(body.echo),
     )
     return await _respond(planned, body, request)
 
 
-@router.post("/chat/completions", response_model=ChatCompletion, responses=_ERRORS)
+@router.post("/chat/completions", response_model=ChatCompletion, responses=_STREAMED | _ERRORS)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     """Answer a conversation, flattened into one instruction (see `app/core/chat.py`)."""
     instruction = chat_to_instruction([ChatTurn(m.role, m.text) for m in body.messages])
@@ -230,6 +293,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         body.max_new_tokens,
         ChatRenderer,
         with_logprobs=body.logprobs,
+        top_n=body.top_logprobs or 0,
     )
     return await _respond(planned, body, request)
 
@@ -245,7 +309,23 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[_model_card(name) for name in names])
 
 
-@router.get("/models/{model:path}", response_model=ModelCard, responses=_ERRORS)
+class _AnyTextConvertor(Convertor[str]):
+    """Starlette's `path`, newlines included: `/v1/models/a%0Ab` is an unknown model (and
+    `/v1/a%0Ab` an unknown URL) in OpenAI's shape, not a route that matched nothing."""
+
+    regex = "[\\s\\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anytext", _AnyTextConvertor())
+
+
+@router.get("/models/{model:anytext}", response_model=ModelCard, responses=_ERRORS)
 async def retrieve_model(model: str, request: Request) -> ModelCard:
     """One served model, or 404 `model_not_found`."""
     if model not in service_state(request).model_names:
@@ -254,7 +334,7 @@ async def retrieve_model(model: str, request: Request) -> ModelCard:
 
 
 @router.api_route(
-    "/{path:path}",
+    "/{path:anytext}",
     methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
     include_in_schema=False,
 )

@@ -6,12 +6,15 @@ validation with the parameter named, instead of being silently ignored; fields O
 define are rejected the same way OpenAI rejects them. `app/openai/errors.py` turns the
 validation errors into OpenAI's error shape.
 
-Two extensions that vLLM also accepts (send them with the client's `extra_body`): `top_k` and
-`repetition_penalty` - the LaMini model cards recommend a repetition penalty.
+Extensions that vLLM also accepts (send them with the client's `extra_body`), with vLLM's
+meaning: `top_k` (-1 or 0 = off), `repetition_penalty` (the LaMini model cards recommend one),
+`min_tokens`, `ignore_eos` and `stream_options.continuous_usage_stats` - what benchmark clients
+such as guidellm and aiperf send for fixed-length outputs and per-chunk token counts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar, Literal
 
 from pydantic import (
@@ -24,6 +27,7 @@ from pydantic import (
     model_serializer,
 )
 
+from app.engines.grammar import ResponseGrammar
 from app.http.fields import (
     FiniteFloat,
     HonourRule,
@@ -32,7 +36,7 @@ from app.http.fields import (
     require_encodable,
     unsupported,
 )
-from app.serving.preparation import GenerationOptions, sampling_for
+from app.serving.preparation import GenerationOptions, Prompt, sampling_for
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 OpenAIFinishReason = Literal["stop", "length"]
@@ -56,12 +60,60 @@ _COMMON_RULES: dict[str, HonourRule] = {
 class StreamOptions(BaseModel):
     """`stream_options`: only `include_usage` changes anything here."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    include_usage: bool = False
+    include_usage: bool | None = False
+    continuous_usage_stats: bool | None = Field(
+        default=False, description="Extension (as in vLLM): usage so far on every chunk."
+    )
     include_obfuscation: bool | None = Field(
         default=None, description="Accepted and ignored: chunks are never padded."
     )
+
+
+class JsonSchemaFormat(BaseModel):
+    """`response_format.json_schema`: the schema the answer must follow."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(default="response", max_length=64)
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = Field(default=None, description="Always strict: decoding is masked.")
+
+
+class ResponseFormat(BaseModel):
+    """`response_format`: plain text, any JSON object, or JSON that follows a schema (the two
+    JSON formats are enforced by constrained decoding, on engines that expose the logits)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _known_type(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in ("text", "json_object", "json_schema"):
+            raise unsupported(
+                f"response_format type {value!r} is not supported "
+                "(only 'text', 'json_object' and 'json_schema')"
+            )
+        return value
+
+    @field_validator("json_schema", mode="after")
+    @classmethod
+    def _schema_for_json_schema(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("type") != "json_schema":
+            raise invalid("json_schema is only allowed when type is 'json_schema'")
+        return value
+
+    @property
+    def grammar(self) -> ResponseGrammar | None:
+        """What constrained decoding must enforce (None: plain text)."""
+        if self.type == "json_schema" and self.json_schema is not None:
+            return ResponseGrammar(self.json_schema.json_schema)
+        return ResponseGrammar() if self.type == "json_object" else None
 
 
 class OpenAIRequest(BaseModel):
@@ -71,7 +123,7 @@ class OpenAIRequest(BaseModel):
     only with a value we can honour (or unset), otherwise the request fails naming it.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     unhonoured_rules: ClassVar[dict[str, HonourRule]] = _COMMON_RULES
 
     model: str = Field(min_length=1, description="A model id from GET /v1/models.")
@@ -82,24 +134,42 @@ class OpenAIRequest(BaseModel):
     top_p: FiniteFloat | None = Field(
         default=None, gt=0, le=1, description="Nucleus sampling mass."
     )
-    n: int = Field(default=1, ge=1, description="Choices to generate for each prompt.")
+    # n and stream are nullable in OpenAI's schema (null means the default, see below).
+    n: int | None = Field(default=1, ge=1, description="Choices to generate for each prompt.")
     stop: str | list[str] | None = Field(
         default=None, description=f"Up to {MAX_STOP_SEQUENCES} sequences that end generation."
     )
     seed: int | None = Field(
         default=None, ge=0, le=2**63 - 1, description="Seed for reproducible sampling."
     )
-    stream: bool = Field(default=False, description="Stream server-sent events.")
+    stream: bool | None = Field(default=False, description="Stream server-sent events.")
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, description="Accepted and ignored.")
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     top_k: int | None = Field(
-        default=None, ge=0, description="Extension (as in vLLM): sample from the k best; 0 = off."
+        default=None,
+        ge=-1,
+        description="Extension (as in vLLM): sample from the k best; -1 or 0 = off.",
     )
     repetition_penalty: FiniteFloat | None = Field(
         default=None, gt=0, le=10, description="Extension (as in vLLM): 1 = no penalty."
+    )
+    min_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        strict=True,
+        description="Extension (as in vLLM): fewest tokens to generate.",
+    )
+    ignore_eos: bool | None = Field(
+        default=False,
+        strict=True,
+        description="Extension (as in vLLM): never stop at end-of-sequence, generate max_tokens.",
+    )
+    response_format: ResponseFormat | None = Field(
+        default=None,
+        description="`json_object` / `json_schema`: constrained decoding (transformers engine).",
     )
 
     @field_validator("n", "stream", "max_tokens", mode="before")
@@ -133,6 +203,13 @@ class OpenAIRequest(BaseModel):
             raise invalid("stream_options is only allowed when stream is true")
         return value
 
+    @field_validator("response_format", mode="after")
+    @classmethod
+    def _complete_response_format(cls, value: ResponseFormat | None) -> Any:
+        if value is not None and value.type == "json_schema" and value.json_schema is None:
+            raise invalid("response_format type 'json_schema' needs a `json_schema` object")
+        return value
+
     @property
     def stop_sequences(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -147,17 +224,27 @@ class OpenAIRequest(BaseModel):
             samples,
             temperature=temperature,
             top_p=self.top_p,
-            top_k=self.top_k,
+            top_k=max(self.top_k or 0, 0),
             repetition_penalty=self.repetition_penalty,
             seed=self.seed,
         )
         return GenerationOptions(
-            sampling=sampling, max_new_tokens=max_new_tokens, stop=self.stop_sequences
+            sampling=dataclasses.replace(sampling, min_new_tokens=self.min_tokens or 0),
+            max_new_tokens=max_new_tokens,
+            stop=self.stop_sequences,
+            ignore_eos=bool(self.ignore_eos),
+            grammar=None if self.response_format is None else self.response_format.grammar,
         )
 
     @property
     def include_usage_chunk(self) -> bool:
-        return self.stream_options is not None and self.stream_options.include_usage
+        return self.stream_options is not None and bool(self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        """vLLM's `continuous_usage_stats`: every chunk carries the usage so far."""
+        options = self.stream_options
+        return options is not None and bool(options.continuous_usage_stats)
 
 
 def _default_if_null(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
@@ -178,58 +265,105 @@ _COMPLETION_RULES: dict[str, HonourRule] = {
     "best_of": HonourRule(
         _is_at_most_one, "best_of is not supported (only 1); use n for more choices"
     ),
-    "echo": HonourRule(lambda value: value is False, "echo is not supported"),
     "suffix": HonourRule(_is_empty, "suffix (insertion) is not supported"),
-    "logprobs": HonourRule(
-        _is_zero,
-        "only logprobs=0 is supported (the sampled token's log probability, no alternatives)",
-    ),
 }
+MAX_LOGPROBS = 20  # vLLM's default limit of alternatives per token (OpenAI's: 5)
 
 
 class CompletionRequest(OpenAIRequest):
-    """`POST /v1/completions`: the prompt is an instruction, wrapped in the family's format."""
+    """`POST /v1/completions`: a text prompt is an instruction, wrapped in the family's format;
+    token ids (and any prompt with `echo`) go to the model as they are."""
 
     unhonoured_rules: ClassVar[dict[str, HonourRule]] = _COMPLETION_RULES
 
-    prompt: str | list[str] = Field(description="One instruction, or a list of them.")
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="One instruction, a list of them, token ids, or a list of token-id lists.",
+        examples=["Name three colours."],
+    )
     max_tokens: int | None = Field(default=16, ge=1, description="Most tokens (default 16).")
     best_of: int | None = Field(default=None, ge=1)
-    echo: bool | None = None
+    echo: bool | None = Field(
+        default=False,
+        strict=True,
+        description="Prepend the prompt (scored as sent, without the prompt format) to the text.",
+    )
     suffix: str | None = None
     logprobs: int | None = Field(
-        default=None, ge=0, le=5, description="0 = the sampled tokens' log probabilities."
+        default=None,
+        ge=0,
+        le=MAX_LOGPROBS,
+        strict=True,
+        description="Log probabilities of each token and of its `logprobs` likeliest alternatives.",
     )
 
     @field_validator("prompt", mode="before")
     @classmethod
     def _check_prompt(cls, value: Any) -> Any:
-        """Text prompts only: token-id prompts would bypass the family's prompt format."""
+        """Text, a list of texts, token ids or a list of token-id lists - never empty."""
         require_encodable(value if isinstance(value, list) else [value])
         if isinstance(value, str):
             return value
-        if isinstance(value, list) and value and all(isinstance(p, str) for p in value):
-            return value
-        if isinstance(value, list) and value and all(isinstance(p, int | list) for p in value):
-            raise unsupported("token-id prompts are not supported; send the prompt as text")
-        raise invalid("prompt must be a string or a non-empty list of strings")
+        if isinstance(value, list) and value:
+            if all(isinstance(p, str) for p in value) or _is_token_ids(value):
+                return value
+            if all(_is_token_ids(p) for p in value):
+                return value
+        raise invalid(
+            "prompt must be a string, a non-empty list of strings, a non-empty list of "
+            "token ids or a list of such lists"
+        )
 
-    @field_validator("best_of", "echo", "suffix", "logprobs", mode="after")
+    @field_validator("best_of", "suffix", mode="after")
     @classmethod
     def _check_completion_honoured(cls, value: Any, info: ValidationInfo) -> Any:
         return check_honoured(cls.unhonoured_rules, value, info)
 
+    @field_validator("echo", mode="after")
+    @classmethod
+    def _echo_is_not_streamed(cls, value: Any, info: ValidationInfo) -> Any:
+        if value and info.data.get("stream"):
+            raise unsupported("echo is not supported with stream; send stream: false")
+        return value
+
+    @field_validator("logprobs", mode="after")
+    @classmethod
+    def _alternatives_are_not_streamed(cls, value: Any, info: ValidationInfo) -> Any:
+        if value and info.data.get("stream"):
+            raise unsupported(
+                "logprobs above 0 (alternatives) are not supported with stream; send "
+                "logprobs: 0 or stream: false"
+            )
+        return value
+
     @property
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[Prompt]:
+        prompt = self.prompt
+        if isinstance(prompt, str) or _is_token_ids(prompt):
+            return [prompt]
+        return list(prompt)
+
+    def to_options(self, max_new_tokens: int | None) -> GenerationOptions:
+        """`echo` scores and continues the prompt as sent: no prompt format around it."""
+        options = super().to_options(max_new_tokens)
+        return dataclasses.replace(options, raw_prompt=bool(self.echo))
+
+
+def _is_token_ids(value: Any) -> bool:
+    """A non-empty list of non-negative ints (booleans are not token ids)."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
+    )
 
 
 class CompletionLogprobs(BaseModel):
-    """Legacy completions logprobs: parallel lists, one entry per generated token."""
+    """Legacy completions logprobs: parallel lists, one entry per token (with `echo` the
+    prompt's tokens first; the first prompt token has no log probability)."""
 
     tokens: list[str]
     token_logprobs: list[float | None]
-    top_logprobs: list[dict[str, float]] | None = None
+    top_logprobs: list[dict[str, float] | None] | None = None
     text_offset: list[int]
 
 
@@ -264,7 +398,7 @@ class Completion(BaseModel):
 class TextContentPart(BaseModel):
     """The only content part these text models can read."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     type: Literal["text"]
     text: str
@@ -277,7 +411,7 @@ _UNREADABLE_FIELDS = ("tool_calls", "tool_call_id", "function_call", "audio")
 class ChatMessage(BaseModel):
     """One input message. Tool and function messages cannot be honoured by these models."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     role: MessageRole
     content: str | list[TextContentPart] | None = None
@@ -326,16 +460,6 @@ class ChatMessage(BaseModel):
         return "\n".join(part.text for part in self.content)
 
 
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    type: str
-
-
-def _is_text_format(value: Any) -> bool:
-    return value.type == "text"
-
-
 def _no_tool_choice(value: Any) -> bool:
     return value == "none"
 
@@ -348,8 +472,6 @@ _CHAT_RULES: dict[str, HonourRule] = {
     ),
     "tool_choice": HonourRule(_no_tool_choice, "tool_choice is not supported (only 'none')"),
     "function_call": HonourRule(_no_tool_choice, "function_call is not supported (only 'none')"),
-    "response_format": HonourRule(_is_text_format, "only response_format type 'text' is supported"),
-    "top_logprobs": HonourRule(_is_zero, "top_logprobs is not supported (only 0)"),
     "modalities": HonourRule(
         lambda value: value == ["text"], "only the 'text' modality is supported"
     ),
@@ -369,18 +491,21 @@ class ChatCompletionRequest(OpenAIRequest):
 
     unhonoured_rules: ClassVar[dict[str, HonourRule]] = _CHAT_RULES
 
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(
+        min_length=1, examples=[[{"role": "user", "content": "Name three colours."}]]
+    )
     max_completion_tokens: int | None = Field(
         default=None, ge=1, description="Most tokens to generate (wins over max_tokens)."
     )
     logprobs: bool = Field(default=False, description="Return the sampled tokens' logprobs.")
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: int | None = Field(
+        default=None, ge=0, le=20, description="Alternatives per token (needs logprobs: true)."
+    )
     tools: list[Any] | None = None
     functions: list[Any] | None = None
     tool_choice: Any | None = None
     function_call: Any | None = None
     parallel_tool_calls: bool | None = Field(default=None, description="Accepted and ignored.")
-    response_format: ResponseFormat | None = None
     modalities: list[str] | None = None
     audio: Any | None = None
     prediction: Any | None = None
@@ -398,8 +523,6 @@ class ChatCompletionRequest(OpenAIRequest):
         "functions",
         "tool_choice",
         "function_call",
-        "response_format",
-        "top_logprobs",
         "modalities",
         "audio",
         "prediction",
@@ -417,6 +540,17 @@ class ChatCompletionRequest(OpenAIRequest):
     @classmethod
     def _null_logprobs_means_false(cls, value: Any, info: ValidationInfo) -> Any:
         return _default_if_null(cls, value, info)
+
+    @field_validator("top_logprobs", mode="after")
+    @classmethod
+    def _alternatives_need_logprobs(cls, value: Any, info: ValidationInfo) -> Any:
+        if value and not info.data.get("logprobs"):
+            raise invalid("top_logprobs needs logprobs: true")
+        if value and info.data.get("stream"):
+            raise unsupported(
+                "top_logprobs above 0 is not supported with stream; send stream: false"
+            )
+        return value
 
     @field_validator("messages", mode="after")
     @classmethod

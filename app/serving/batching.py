@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from app.engines.base import Engine, EngineRequest, Generation, SamplingParams, TokenCallback
+from app.engines.grammar import TokenConstraint
 from app.serving.errors import OverloadedError, UnavailableError
 from app.serving.metrics import ModelMetrics
 
@@ -96,6 +97,7 @@ class Batcher:
         sampling: SamplingParams,
         stop: tuple[str, ...] = (),
         on_token: TokenCallback | None = None,
+        constraint: TokenConstraint | None = None,
     ) -> Ticket:
         """Queue a request; raise `OverloadedError` when the queue is full."""
         cancelled = threading.Event()
@@ -104,6 +106,7 @@ class Batcher:
             max_new_tokens=max_new_tokens,
             stop=stop,
             on_token=on_token,
+            constraint=constraint,
             is_cancelled=cancelled.is_set,
         )
         ticket = Ticket(request, sampling, time.monotonic(), _cancelled=cancelled)

@@ -25,6 +25,14 @@ class InvalidRequestError(ServiceError):
     error_type = "validation"
 
 
+class UnsupportedParameterError(InvalidRequestError):
+    """A parameter asks for what this model or engine cannot do (`param` names it)."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class MalformedBodyError(InvalidRequestError):
     """The body is not JSON or not UTF-8 at all."""
 

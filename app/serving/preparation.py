@@ -8,14 +8,24 @@ errors wherever it comes from.
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from app.engines.base import Engine, SamplingParams
-from app.serving.errors import InvalidRequestError
+from app.engines.grammar import GrammarCompiler, GrammarError, ResponseGrammar, TokenConstraint
+from app.serving.errors import InvalidRequestError, UnsupportedParameterError
 
 # Below this, logits divided by the temperature overflow float32 and sampling fails.
 MIN_SAMPLING_TEMPERATURE = 1e-6
+# The smallest normal float32: engines compute in float32, where a smaller positive top_p
+# becomes 0 and is refused (CTranslate2) - it means the same as this one.
+MIN_FLOAT32 = 1.1754943508222875e-38
+# A repetition penalty divides (or multiplies) logits: beyond these bounds float32 logits
+# overflow to inf and sampling fails, while the effect is already total within them.
+REPETITION_PENALTY_BOUNDS = (1e-6, 1e6)
 
 
 def sampling_for(
@@ -48,6 +58,13 @@ class GenerationOptions:
     stop: tuple[str, ...] = ()
     truncate: int | None = None
     raw_prompt: bool = False
+    # vLLM's `ignore_eos`: generate exactly `max_new_tokens` (eos is never chosen).
+    ignore_eos: bool = False
+    grammar: ResponseGrammar | None = None
+
+
+# A prompt is text, or token ids sent as they are (no prompt format, no tokenizer).
+Prompt = str | Sequence[int]
 
 
 @dataclass(frozen=True)
@@ -60,6 +77,7 @@ class PreparedRequest:
     stop: tuple[str, ...]
     sampling: SamplingParams
     arrived_at: float
+    grammar: ResponseGrammar | None = None
 
 
 @dataclass(frozen=True)
@@ -77,24 +95,105 @@ class RequestPreparer:
         self.engine = engine
         self.family = engine.family
         self.limits = limits
+        self._grammars: GrammarCompiler | None = None
+        self._grammars_lock = threading.Lock()
 
     def prepare(
-        self, prompt: str, options: GenerationOptions, arrived_at: float | None = None
+        self, prompt: Prompt, options: GenerationOptions, arrived_at: float | None = None
     ) -> PreparedRequest:
         """The checked request; `arrived_at` (monotonic) starts its timeout and its metrics."""
         arrived_at = time.monotonic() if arrived_at is None else arrived_at
         self._check_options(options)
         prompt_format = self.family.prompt_format
-        model_input = prompt if options.raw_prompt else prompt_format.wrap(prompt)
-        prompt_ids = self._fit_input(self.engine.encode(model_input), options.truncate)
+        if isinstance(prompt, str):
+            model_input = prompt if options.raw_prompt else prompt_format.wrap(prompt)
+            text, encoded = prompt, self.engine.encode(model_input)
+        else:
+            encoded = self.checked_ids(prompt)
+            text = self.engine.tokenizer.decode(encoded, skip_special_tokens=False)
+        prompt_ids = self._fit_input(encoded, options.truncate)
+        max_new_tokens = self._max_new_tokens(len(prompt_ids), options.max_new_tokens)
+        if options.grammar is not None:
+            self.new_constraint(options.grammar)  # refuses what cannot be compiled, now
         return PreparedRequest(
-            prompt=prompt,
+            prompt=text,
             prompt_ids=prompt_ids,
-            max_new_tokens=self._max_new_tokens(len(prompt_ids), options.max_new_tokens),
+            max_new_tokens=max_new_tokens,
             stop=tuple(dict.fromkeys((*options.stop, *prompt_format.stop_sequences))),
-            sampling=options.sampling,
+            sampling=self._engine_sampling(options, max_new_tokens),
             arrived_at=arrived_at,
+            grammar=options.grammar,
         )
+
+    def new_constraint(self, grammar: ResponseGrammar) -> TokenConstraint:
+        """A fresh grammar state for one sequence (each choice of a request needs its own)."""
+        engine = self.engine
+        if not engine.supports_constraints:
+            raise UnsupportedParameterError(
+                f"`response_format` needs constrained decoding, which the "
+                f"{engine.info.kind.value} engine cannot do (it never exposes the logits); "
+                "serve this model with `--backend transformers` (LAMINI_ENGINE=transformers)",
+                "response_format",
+            )
+        try:
+            return self._grammar_compiler().constraint(grammar)
+        except GrammarError as exc:
+            raise UnsupportedParameterError(
+                f"`response_format`: {exc}", "response_format"
+            ) from None
+
+    def _grammar_compiler(self) -> GrammarCompiler:
+        with self._grammars_lock:
+            if self._grammars is None:
+                engine = self.engine
+                vocab_size = engine.info.vocab_size or len(engine.tokenizer)
+                eos = sorted(engine.eos_token_ids)
+                self._grammars = GrammarCompiler(engine.tokenizer, vocab_size, eos)
+            return self._grammars
+
+    @property
+    def vocab_size(self) -> int:
+        """The width of the model's logits (a tokenizer may know fewer tokens)."""
+        return self.engine.info.vocab_size or len(self.engine.tokenizer)
+
+    def checked_ids(self, ids: Sequence[int], allow_empty: bool = False) -> list[int]:
+        """Token ids as sent, refused when empty or outside the vocabulary."""
+        if not ids and not allow_empty:
+            raise InvalidRequestError("the prompt has no tokens")
+        vocab_size = self.vocab_size
+        wrong = [token for token in ids if not 0 <= token < vocab_size]
+        if wrong:
+            raise InvalidRequestError(
+                f"token id {wrong[0]} is not in this model's vocabulary (0 to {vocab_size - 1})"
+            )
+        return list(ids)
+
+    def _engine_sampling(self, options: GenerationOptions, max_new_tokens: int) -> SamplingParams:
+        """The request's sampling settings as the engine must get them.
+
+        A `top_k` at least the vocabulary size keeps every token: that is top-k off, which is
+        what engines are told (CTranslate2 refuses a larger k); a top_p too small for float32
+        and a repetition penalty outside `REPETITION_PENALTY_BOUNDS` are brought within.
+        `ignore_eos` is a minimum length of all the tokens asked for, so eos can never be
+        chosen.
+        """
+        sampling = dataclasses.replace(
+            options.sampling,
+            top_p=max(options.sampling.top_p, MIN_FLOAT32),
+            repetition_penalty=min(
+                max(options.sampling.repetition_penalty, REPETITION_PENALTY_BOUNDS[0]),
+                REPETITION_PENALTY_BOUNDS[1],
+            ),
+        )
+        if sampling.top_k >= self.vocab_size:
+            sampling = dataclasses.replace(sampling, top_k=0)
+        minimum = max_new_tokens if options.ignore_eos else sampling.min_new_tokens
+        if minimum > max_new_tokens:
+            raise InvalidRequestError(
+                f"`min_tokens` ({minimum}) must not exceed the most tokens to generate "
+                f"({max_new_tokens})"
+            )
+        return dataclasses.replace(sampling, min_new_tokens=minimum)
 
     def _check_options(self, options: GenerationOptions) -> None:
         limit = self.limits.max_stop_sequences

@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.engines.base import Engine, FinishReason, GeneratedToken, Generation
+from app.engines.base import Engine, FinishReason, GeneratedToken, Generation, PromptScoringError
+from app.engines.scoring import TokenScore
 from app.serving.batching import Batcher, BatchLimits, Ticket
 from app.serving.errors import (
     ClientDisconnectedError,
@@ -23,12 +24,14 @@ from app.serving.errors import (
     InvalidRequestError,
     RequestTimeoutError,
     UnavailableError,
+    UnsupportedParameterError,
 )
 from app.serving.metrics import ModelMetrics
 from app.serving.preparation import (
     GenerationOptions,
     PreparationLimits,
     PreparedRequest,
+    Prompt,
     RequestPreparer,
 )
 from app.settings import Settings
@@ -105,7 +108,7 @@ class ServedModel:
     # --- preparing -----------------------------------------------------------------------------
 
     async def prepare_all(
-        self, prompts: Sequence[str], options: GenerationOptions, copies: int = 1
+        self, prompts: Sequence[Prompt], options: GenerationOptions, copies: int = 1
     ) -> list[PreparedRequest]:
         """Prepare every prompt (concurrently, off the event loop) for `copies` generations each.
 
@@ -129,6 +132,21 @@ class ServedModel:
             )
         )
 
+    async def score(self, ids: Sequence[int], top_n: int, param: str) -> list[TokenScore]:
+        """Each token's log-probability given the ones before it, with the `top_n` likeliest
+        alternatives (OpenAI's `echo` + `logprobs`); off the event loop, beside the batcher
+        (a forward pass shares nothing with a running generation)."""
+        self.check_scoring(param)
+        return await asyncio.to_thread(self.engine.score, list(ids), top_n)
+
+    def check_scoring(self, param: str) -> None:
+        """Refuse, before generating anything, a request whose answer needs `score` (`param`
+        names the parameter that asks for it)."""
+        try:
+            self.engine.check_scoring()
+        except PromptScoringError as exc:
+            raise UnsupportedParameterError(str(exc), param) from None
+
     # --- generating ----------------------------------------------------------------------------
 
     def _submit(self, prepared: PreparedRequest, on_token: Any) -> Ticket:
@@ -140,6 +158,9 @@ class ServedModel:
             prepared.sampling,
             stop=prepared.stop,
             on_token=on_token,
+            constraint=None
+            if prepared.grammar is None
+            else self.preparer.new_constraint(prepared.grammar),
         )
         self.metrics.track_in_flight(+1)
         ticket.future.add_done_callback(lambda _: self.metrics.track_in_flight(-1))

@@ -25,6 +25,10 @@ VERSION = version("lamini-serve")
 ModelLoader = Callable[[str, Settings], LoadedModel]
 
 
+# Model names TGI clients send for "the one model this server serves".
+DEFAULT_MODEL_PLACEHOLDERS = frozenset({"tgi", "dummy"})
+
+
 class ServiceState:
     """Which models are configured, which are loaded, and whether the server is draining."""
 
@@ -56,8 +60,15 @@ class ServiceState:
         self.draining = True
 
     def model(self, name: str | None) -> ServedModel:
-        """The served model called `name` (default: the first configured one)."""
+        """The served model called `name` (default: the first configured one).
+
+        TGI serves one model and ignores the name, so its clients send a placeholder
+        (`huggingface_hub.InferenceClient(base_url=...)` sends "dummy", others "tgi"): a
+        placeholder that is not a served model's name means the default model.
+        """
         key = name or self.default_model_name
+        if key in DEFAULT_MODEL_PLACEHOLDERS and key not in self.model_names:
+            key = self.default_model_name
         if key not in self.model_names:
             raise ModelNotFoundError(
                 f"model {key!r} is not served here; available models: "

@@ -50,8 +50,13 @@ router = APIRouter(tags=["TGI-compatible"])
 
 
 def _full_text(body: GenerateRequest, prompt: str, answer: Answer) -> str:
-    """TGI's `return_full_text`: the prompt as sent, then the generated text."""
-    return prompt + answer.text if body.parameters.return_full_text else answer.text
+    """TGI's `return_full_text`: the prompt as sent, then the generated text with the
+    whitespace it starts with (as TGI keeps it: tidying strips it from the text alone)."""
+    if not body.generation.return_full_text:
+        return answer.text
+    raw = "".join(token.text for token in answer.tokens if not token.special)
+    leading = raw[: len(raw) - len(raw.lstrip())] if answer.text else ""
+    return prompt + leading + answer.text
 
 
 async def _prepared(
@@ -59,7 +64,7 @@ async def _prepared(
 ) -> tuple[ServedModel, list[PreparedRequest]]:
     """The model the request names (the query wins over the body) and its prepared prompts."""
     served = served_model(request, query_model or body.model)
-    return served, await served.prepare_all(body.prompts, body.parameters.to_options())
+    return served, await served.prepare_all(body.prompts, body.generation.to_options())
 
 
 async def _generate(
@@ -69,7 +74,7 @@ async def _generate(
     answers = await served.complete_all(prepared, client_gone(request))
     return [
         GenerateResponse.of(
-            answer, body.parameters.details, _full_text(body, p.prompt, answer)
+            answer, body.generation.details, _full_text(body, p.prompt, answer)
         ).body()
         for p, answer in zip(prepared, answers, strict=True)
     ]
@@ -95,7 +100,7 @@ async def _stream(
                     yield _sse(StreamResponse.token_event(event).model_dump())
                     continue
                 text = _full_text(body, prepared.prompt, answer)
-                final = StreamResponse.final_event(event, body.parameters.details, text)
+                final = StreamResponse.final_event(event, body.generation.details, text)
                 yield _sse(final.model_dump())
         except ClientDisconnectedError:
             return
@@ -134,7 +139,13 @@ async def generate_stream(
 @router.post(
     "/",
     response_model=list[GenerateResponse],
-    responses=ERROR_RESPONSES,
+    responses={
+        200: {
+            "description": "A list of answers; with `stream: true`, server-sent events",
+            "content": {"text/event-stream": {}},
+        }
+    }
+    | ERROR_RESPONSES,
     summary="TGI's compatibility route: `stream` picks /generate_stream or /generate",
 )
 async def compat_generate(

@@ -139,18 +139,21 @@ class GenerateRequest(_Strict):
     """`POST /generate` and `POST /generate_stream` (and `POST /` with `stream`)."""
 
     inputs: str | list[str] = Field(
-        description="The instruction, or a list of instructions (`/generate` only)."
+        description="The instruction, or a list of instructions (`/generate` only).",
+        examples=["Name three colours."],
     )
-    parameters: GenerateParameters = Field(default_factory=GenerateParameters)
+    # Declared nullable because it is accepted as null (some clients send it): null means the
+    # defaults, and after validation `parameters` is never None.
+    parameters: GenerateParameters | None = Field(default_factory=GenerateParameters)
     stream: bool = Field(default=False, description="`POST /` only: stream the answer (SSE).")
     model: str | None = Field(
         default=None, description="Which served model answers (default: the first one)."
     )
 
-    @field_validator("parameters", mode="before")
+    @field_validator("parameters", mode="after")
     @classmethod
-    def _null_means_defaults(cls, value: Any) -> Any:
-        return {} if value is None else value
+    def _null_means_defaults(cls, value: GenerateParameters | None) -> GenerateParameters:
+        return GenerateParameters() if value is None else value
 
     @field_validator("inputs")
     @classmethod
@@ -166,6 +169,11 @@ class GenerateRequest(_Strict):
     @property
     def prompts(self) -> list[str]:
         return [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
+
+    @property
+    def generation(self) -> GenerateParameters:
+        """The parameters (the defaults when null was sent)."""
+        return self.parameters or GenerateParameters()
 
 
 class Token(BaseModel):

@@ -145,9 +145,12 @@ def test_prompt_format_is_applied_unless_raw_prompt(server: RunningServer) -> No
 
 
 def test_return_full_text_prepends_the_prompt_as_sent(server: RunningServer) -> None:
-    text = generate(server, "Say hi.", max_new_tokens=4)["generated_text"]
+    """As in TGI, the generated text keeps the whitespace it starts with after the prompt."""
+    answer = generate(server, "Say hi.", max_new_tokens=4, details=True)
     full = generate(server, "Say hi.", max_new_tokens=4, return_full_text=True)
-    assert full["generated_text"] == "Say hi." + text
+    raw = "".join(t["text"] for t in answer["details"]["tokens"] if not t["special"])
+    leading = raw[: len(raw) - len(raw.lstrip())] if answer["generated_text"] else ""
+    assert full["generated_text"] == "Say hi." + leading + answer["generated_text"]
 
 
 def test_stop_sequence_ends_generation_and_is_kept(server: RunningServer) -> None:

@@ -126,11 +126,17 @@ def test_missing_required_parameter(server: RunningServer) -> None:
     assert_openai_error(response.json(), "prompt", "missing_required_parameter")
 
 
-def test_token_id_prompts_are_refused(client: OpenAI) -> None:
+def test_token_ids_outside_the_vocabulary_are_refused(client: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        client.completions.create(model=FLAN, prompt=[[1, 2, 3]], max_tokens=2)
-    assert caught.value.param == "prompt"
-    assert "token-id prompts" in caught.value.message
+        client.completions.create(model=FLAN, prompt=[[1, 2, 10**6]], max_tokens=2)
+    assert "not in this model's vocabulary" in caught.value.message
+
+
+def test_echo_on_an_encoder_decoder_model_says_why(client: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=FLAN, prompt="Hi", max_tokens=2, echo=True, logprobs=1)
+    assert caught.value.param == "echo"
+    assert "encoder-decoder" in caught.value.message
 
 
 @pytest.mark.parametrize(

@@ -12,3 +12,8 @@ FAMILY_TWINS: dict[str, str] = {
     "opt-iml": "facebook/opt-iml-max-1.3b",
     "flant5-dolly": "jmhessel/flant5-dolly-xxl",
 }
+
+# The model the third-party tool tests (tests/tools/) serve: decoder-only, so it can score
+# prompts (echo + logprobs) as evaluation harnesses need.
+TOOLS_HUB_ID = FAMILY_TWINS["lamini-gpt"]
+TOOLS_MODEL = f"twin:{TOOLS_HUB_ID}@tiny"
