@@ -92,6 +92,16 @@ def open_engine(
             device=resolve_device(settings.device),
             threads=settings.intra_threads,
         )
+    if kind is EngineKind.CONTINUOUS:
+        from app.engines.stepwise.engine import ContinuousEngine
+
+        return ContinuousEngine(
+            checkpoint_dir,
+            family,
+            device=resolve_device(settings.device),
+            threads=settings.intra_threads,
+            precision=settings.quantization,
+        )
     raise EngineUnavailableError(f"unknown engine {kind.value!r}")
 
 
@@ -141,7 +151,7 @@ def load_model(name: str, settings: Settings) -> LoadedModel:
                 f"the transformers engine runs float32 only, not {settings.quantization}; "
                 "use --backend ct2 or onnx for quantized models"
             )
-    else:
+    elif kind is not EngineKind.CONTINUOUS:  # that one runs the checkpoint as it is
         outcome = ensure_converted(source, kind, settings)
         model_dir = outcome.entry.path
         convert_seconds = outcome.entry.manifest.conversion_seconds if outcome.built else None

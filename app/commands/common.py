@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pydantic import ValidationError
 
 from app.core.errors import ConfigurationError
-from app.core.families import family_names
+from app.core.families import EngineKind, family_names
 from app.settings import Settings
 
 
@@ -34,7 +34,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
         dest="engine",
-        choices=["auto", "ct2", "onnx", "transformers"],
+        choices=["auto", *(kind.value for kind in EngineKind)],
         help="engine that runs the model (default: LAMINI_ENGINE or auto)",
     )
     parser.add_argument(

@@ -63,7 +63,9 @@ class EngineRequest:
     `on_token` is called from the engine's thread for every generated token (streaming);
     `on_finish` is called from that thread as soon as this sequence is finished - before the
     rest of its batch - so its answer need not wait for longer neighbours; `is_cancelled` is
-    polled every step so a disconnected client stops costing compute.
+    polled every step so a disconnected client stops costing compute. `logits_processor`
+    (engines that decode step by step) sees the tokens generated so far and this row's scores
+    before each choice, and returns the scores to choose from (e.g. a grammar's allowed tokens).
     """
 
     prompt_ids: list[int]
@@ -72,6 +74,7 @@ class EngineRequest:
     on_token: TokenCallback | None = None
     on_finish: FinishCallback | None = None
     is_cancelled: Callable[[], bool] = lambda: False
+    logits_processor: Callable[[Sequence[int], Any], Any] | None = None
 
 
 @dataclass

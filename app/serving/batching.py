@@ -68,6 +68,39 @@ class Ticket:
         return len(self.request.prompt_ids) + self.request.max_new_tokens
 
 
+def new_ticket(
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    sampling: SamplingParams,
+    stop: tuple[str, ...],
+    on_token: TokenCallback | None,
+) -> Ticket:
+    """A ticket whose engine request polls the ticket's cancel flag and resolves it when done."""
+    cancelled = threading.Event()
+    request = EngineRequest(
+        prompt_ids=list(prompt_ids),
+        max_new_tokens=max_new_tokens,
+        stop=stop,
+        on_token=on_token,
+        is_cancelled=cancelled.is_set,
+    )
+    ticket = Ticket(request, sampling, time.monotonic(), _cancelled=cancelled)
+    request.on_finish = ticket.resolve
+    return ticket
+
+
+def refuse_when_full(closed: bool, queued: int, max_queue_size: int, metrics: ModelMetrics) -> None:
+    """Raise why a new request cannot be queued: shutting down (503) or a full queue (429)."""
+    if closed:
+        raise UnavailableError("the server is shutting down; retry on another replica")
+    if queued >= max_queue_size:
+        metrics.count_rejected("queue_full")
+        raise OverloadedError(
+            f"model is overloaded: {queued} requests are already waiting "
+            f"(max_queue_size); retry later"
+        )
+
+
 class Batcher:
     """Queues requests for one engine and runs them in dynamic batches on its own thread."""
 
@@ -98,25 +131,11 @@ class Batcher:
         on_token: TokenCallback | None = None,
     ) -> Ticket:
         """Queue a request; raise `OverloadedError` when the queue is full."""
-        cancelled = threading.Event()
-        request = EngineRequest(
-            prompt_ids=list(prompt_ids),
-            max_new_tokens=max_new_tokens,
-            stop=stop,
-            on_token=on_token,
-            is_cancelled=cancelled.is_set,
-        )
-        ticket = Ticket(request, sampling, time.monotonic(), _cancelled=cancelled)
-        request.on_finish = ticket.resolve
+        ticket = new_ticket(prompt_ids, max_new_tokens, sampling, stop, on_token)
         with self._condition:
-            if self._closed:
-                raise UnavailableError("the server is shutting down; retry on another replica")
-            if len(self._queue) >= self._limits.max_queue_size:
-                self._metrics.count_rejected("queue_full")
-                raise OverloadedError(
-                    f"model is overloaded: {len(self._queue)} requests are already waiting "
-                    f"(max_queue_size); retry later"
-                )
+            refuse_when_full(
+                self._closed, len(self._queue), self._limits.max_queue_size, self._metrics
+            )
             self._queue.append(ticket)
             self._metrics.set_queue_size(len(self._queue))
             self._condition.notify()

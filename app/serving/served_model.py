@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.engines.base import FinishReason, GeneratedToken, Generation, SamplingParams
+from app.core.families import EngineKind
+from app.engines.base import Engine, FinishReason, GeneratedToken, Generation, SamplingParams
 from app.serving.batching import Batcher, BatchLimits, Ticket
 from app.serving.errors import (
     GenerationError,
@@ -24,6 +25,7 @@ from app.serving.errors import (
     UnavailableError,
 )
 from app.serving.metrics import ModelMetrics
+from app.serving.scheduler import StepScheduler, scheduler_limits
 from app.settings import Settings
 from model_store.resolver import LoadedModel
 
@@ -92,6 +94,25 @@ class _Timing:
             self.first_token_at = time.monotonic()
 
 
+def _queue_for(
+    engine: Engine, settings: Settings, metrics: ModelMetrics
+) -> Batcher | StepScheduler:
+    """Iteration-level scheduling for an engine that steps, dynamic batches for the others."""
+    if engine.info.kind is EngineKind.CONTINUOUS:
+        return StepScheduler(engine, scheduler_limits(settings), metrics)  # type: ignore[arg-type]
+    return Batcher(
+        engine,
+        BatchLimits(
+            max_batch_size=settings.max_batch_size,
+            max_batch_wait_s=settings.max_batch_wait_ms / 1000,
+            batch_quiet_s=settings.batch_quiet_ms / 1000,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_queue_size=settings.max_queue_size,
+        ),
+        metrics,
+    )
+
+
 class ServedModel:
     """One loaded model with its batcher: the service's unit of generation."""
 
@@ -102,17 +123,7 @@ class ServedModel:
         self.family = loaded.engine.family
         self.metrics = metrics
         self.settings = settings
-        self.batcher = Batcher(
-            loaded.engine,
-            BatchLimits(
-                max_batch_size=settings.max_batch_size,
-                max_batch_wait_s=settings.max_batch_wait_ms / 1000,
-                batch_quiet_s=settings.batch_quiet_ms / 1000,
-                max_batch_tokens=settings.max_batch_tokens,
-                max_queue_size=settings.max_queue_size,
-            ),
-            metrics,
-        )
+        self.batcher = _queue_for(loaded.engine, settings, metrics)
 
     def close(self) -> None:
         self.batcher.close(timeout=5)
