@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support.instructions import INSTRUCTIONS
 from support.twins import FAMILY_TWINS
 
 from app.core.families import EngineKind, get_family
@@ -29,21 +30,6 @@ INT8_MIN_FIRST_TOKEN_AGREEMENT = 0.25
 MAX_NEW_TOKENS = 8
 # One prompt at a time is slow on the reference (a generate call each): a subset suffices there.
 SINGLE_PROMPTS = 5
-
-INSTRUCTIONS = (
-    "Hi",
-    "Write a short poem about the sea and the sky at night.",
-    "What is 2+2?",
-    "List three fruits that are red.",
-    "Explain gravity to a child in simple words, please.",
-    "Translate 'good morning' to French.",
-    "Who wrote Hamlet?",
-    "Give me a recipe for pancakes.",
-    "Why is the sky blue?",
-    "Summarize the plot of Cinderella in two sentences.",
-    "Name a prime number.",
-    "How do airplanes fly?",
-)
 
 CONVERTED = (EngineKind.CTRANSLATE2, EngineKind.ONNX)
 CASES = [

@@ -113,9 +113,8 @@ class ContinuousEngine(Engine):
         """KV-cache bytes the running batch holds now (padding included)."""
         return 0 if self._rows is None else self._stepper.cache_bytes(self._rows)
 
-    def peak_cache_bytes(self, joining: Sequence[EngineRequest] = ()) -> int:
-        """The most KV cache the running rows plus `joining` can ever hold together."""
-        requests = [tracker.request for tracker in self._trackers] + list(joining)
+    def peak_cache_bytes(self, requests: Sequence[EngineRequest]) -> int:
+        """The most KV cache `requests` can ever hold running together in one batch."""
         return self._stepper.peak_bytes([(len(r.prompt_ids), self._room(r)) for r in requests])
 
     def admit(
