@@ -17,7 +17,7 @@ so rows are concatenated and filtered the way TGI's Python server does it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,8 +199,9 @@ class ContinuousEngine(Engine):
         )
 
     @staticmethod
-    def _history(trackers: Sequence[SequenceTracker]) -> Sequence[Sequence[int]]:
-        return [[token.id for token in tracker.tokens] for tracker in trackers]
+    def _history(trackers: Sequence[SequenceTracker]) -> Callable[[int], list[int]]:
+        """Row i's generated token ids, for its logits processor."""
+        return lambda row: [token.id for token in trackers[row].tokens]
 
     @staticmethod
     def _push(

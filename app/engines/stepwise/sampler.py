@@ -69,12 +69,13 @@ class BatchSampler:
         logits: torch.Tensor,
         seen: torch.Tensor | None,
         generated: torch.Tensor,
-        history: Sequence[Sequence[int]],
+        history: Callable[[int], Sequence[int]],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`(token ids, log-probabilities)` for the last-position `logits` [rows, vocab].
 
         `seen` marks the tokens each row's repetition penalty applies to; `generated` counts
-        each row's tokens so far (for `min_new_tokens`); `history` is what processors see.
+        each row's tokens so far (for `min_new_tokens`); `history(row)` is what that row's
+        processor sees (asked only for rows that have one).
         """
         scores = logits.float()
         if self._uses_penalty and seen is not None:
@@ -85,7 +86,7 @@ class BatchSampler:
             rows = too_short.nonzero().squeeze(1)
             scores[rows[:, None], self._eos[None, :]] = -float("inf")
         for i, processor in self._processed:
-            scores[i] = processor(history[i], scores[i])
+            scores[i] = processor(history(i), scores[i])
         chosen = torch.empty(scores.shape[0], dtype=torch.long)
         if self._greedy.numel():
             chosen[self._greedy] = scores[self._greedy].argmax(dim=-1)
