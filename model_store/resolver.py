@@ -83,24 +83,16 @@ def open_engine(
             intra_threads=settings.intra_threads,
             inter_threads=settings.inter_threads,
         )
+    device, threads = resolve_device(settings.device), settings.intra_threads
     if kind is EngineKind.TRANSFORMERS:
         from app.engines.transformers_engine import TransformersEngine
 
-        return TransformersEngine(
-            checkpoint_dir,
-            family,
-            device=resolve_device(settings.device),
-            threads=settings.intra_threads,
-        )
-    if kind is EngineKind.CONTINUOUS:
+        return TransformersEngine(checkpoint_dir, family, device=device, threads=threads)
+    if kind is EngineKind.CONTINUOUS:  # float32 or bfloat16, from the quantization setting
         from app.engines.stepwise.engine import ContinuousEngine
 
         return ContinuousEngine(
-            checkpoint_dir,
-            family,
-            device=resolve_device(settings.device),
-            threads=settings.intra_threads,
-            precision=settings.quantization,
+            checkpoint_dir, family, device, threads, precision=settings.quantization
         )
     raise EngineUnavailableError(f"unknown engine {kind.value!r}")
 

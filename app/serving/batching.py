@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -101,21 +102,19 @@ def refuse_when_full(closed: bool, queued: int, max_queue_size: int, metrics: Mo
         )
 
 
-class Batcher:
-    """Queues requests for one engine and runs them in dynamic batches on its own thread."""
+class TicketQueue(ABC):
+    """The waiting side every scheduler shares: a queue of tickets with a size limit (429
+    beyond it), cancellation of queued tickets, and shutdown; one worker thread runs `_run`."""
 
-    def __init__(self, engine: Engine, limits: BatchLimits, metrics: ModelMetrics) -> None:
-        self._engine = engine
-        self._limits = limits
+    def __init__(self, max_queue_size: int, metrics: ModelMetrics, worker_name: str) -> None:
+        self._max_queue_size = max_queue_size
         self._metrics = metrics
         self._queue: list[Ticket] = []
         self._condition = threading.Condition()
         self._closed = False
-        self._engine_free_since = time.monotonic()
         self._thread = threading.Thread(
-            target=self._run, name=f"batcher-{metrics.model}", daemon=True
+            target=self._run, name=f"{worker_name}-{metrics.model}", daemon=True
         )
-        self._thread.start()
 
     @property
     def queue_size(self) -> int:
@@ -131,11 +130,10 @@ class Batcher:
         on_token: TokenCallback | None = None,
     ) -> Ticket:
         """Queue a request; raise `OverloadedError` when the queue is full."""
-        ticket = new_ticket(prompt_ids, max_new_tokens, sampling, stop, on_token)
+        ticket = new_ticket(prompt_ids, max_new_tokens, sampling, stop, self._observed(on_token))
+        self._check(ticket)
         with self._condition:
-            refuse_when_full(
-                self._closed, len(self._queue), self._limits.max_queue_size, self._metrics
-            )
+            refuse_when_full(self._closed, len(self._queue), self._max_queue_size, self._metrics)
             self._queue.append(ticket)
             self._metrics.set_queue_size(len(self._queue))
             self._condition.notify()
@@ -161,6 +159,28 @@ class Batcher:
             ticket._cancelled.set()
             ticket.future.cancel()
         self._thread.join(timeout)
+
+    def _observed(self, on_token: TokenCallback | None) -> TokenCallback | None:
+        """The token callback the engine calls (a scheduler may wrap it to observe tokens)."""
+        return on_token
+
+    def _check(self, ticket: Ticket) -> None:  # noqa: B027 - optional hook
+        """Raise when `ticket` can never run here (before it is queued)."""
+
+    @abstractmethod
+    def _run(self) -> None:
+        """The worker thread: take tickets off the queue and run them until closed."""
+
+
+class Batcher(TicketQueue):
+    """Queues requests for one engine and runs them in dynamic batches on its own thread."""
+
+    def __init__(self, engine: Engine, limits: BatchLimits, metrics: ModelMetrics) -> None:
+        super().__init__(limits.max_queue_size, metrics, "batcher")
+        self._engine = engine
+        self._limits = limits
+        self._engine_free_since = time.monotonic()
+        self._thread.start()
 
     # --- worker thread -----------------------------------------------------------------------
 

@@ -21,14 +21,12 @@ Past `max_queue_size` waiting requests, submit raises `OverloadedError` (429) as
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from app.engines.base import GeneratedToken, SamplingParams, TokenCallback
-from app.serving.batching import Ticket, new_ticket, refuse_when_full
+from app.engines.base import GeneratedToken, TokenCallback
+from app.serving.batching import Ticket, TicketQueue
 from app.serving.errors import InvalidRequestError
 from app.serving.metrics import ModelMetrics
 from app.settings import Settings
@@ -66,39 +64,21 @@ class _InterTokenClock:
             self._on_token(token, last)
 
 
-class StepScheduler:
+class StepScheduler(TicketQueue):
     """Queues requests for one continuous engine and runs them in one ever-changing batch."""
 
     def __init__(self, engine: ContinuousEngine, limits: StepLimits, metrics: ModelMetrics) -> None:
+        super().__init__(limits.max_queue_size, metrics, "scheduler")
         self._engine = engine
         self._limits = limits
-        self._metrics = metrics
-        self._queue: list[Ticket] = []
         self._running: list[Ticket] = []
-        self._condition = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(
-            target=self._run, name=f"scheduler-{metrics.model}", daemon=True
-        )
         self._thread.start()
 
-    @property
-    def queue_size(self) -> int:
-        with self._condition:
-            return len(self._queue)
+    def _observed(self, on_token: TokenCallback | None) -> TokenCallback:
+        return _InterTokenClock(on_token, self._metrics)
 
-    def submit(
-        self,
-        prompt_ids: Sequence[int],
-        max_new_tokens: int,
-        sampling: SamplingParams,
-        stop: tuple[str, ...] = (),
-        on_token: TokenCallback | None = None,
-    ) -> Ticket:
-        """Queue a request; raise `OverloadedError` when the queue is full and
-        `InvalidRequestError` when it could never fit the KV-cache budget."""
-        clock = _InterTokenClock(on_token, self._metrics)
-        ticket = new_ticket(prompt_ids, max_new_tokens, sampling, stop, clock)
+    def _check(self, ticket: Ticket) -> None:
+        """A request that could never fit the KV-cache budget is refused (400), not queued."""
         needed = self._engine.peak_cache_bytes([ticket.request])
         if needed > self._limits.max_kv_cache_bytes:
             raise InvalidRequestError(
@@ -106,35 +86,6 @@ class StepScheduler:
                 f"{self._limits.max_kv_cache_bytes / 2**20:.0f} MiB budget (max_kv_cache_mb); "
                 "ask for fewer new tokens or send a shorter input"
             )
-        with self._condition:
-            refuse_when_full(
-                self._closed, len(self._queue), self._limits.max_queue_size, self._metrics
-            )
-            self._queue.append(ticket)
-            self._metrics.set_queue_size(len(self._queue))
-            self._condition.notify()
-        return ticket
-
-    def cancel(self, ticket: Ticket) -> None:
-        """Stop working on `ticket`: drop it if still queued, else it leaves at the next step."""
-        ticket._cancelled.set()
-        with self._condition:
-            if ticket in self._queue:
-                self._queue.remove(ticket)
-                self._metrics.set_queue_size(len(self._queue))
-                ticket.future.cancel()
-
-    def close(self, timeout: float | None = None) -> None:
-        """Refuse new requests, cancel queued and running ones, and stop the worker."""
-        with self._condition:
-            self._closed = True
-            abandoned, self._queue = self._queue, []
-            self._metrics.set_queue_size(0)
-            self._condition.notify_all()
-        for ticket in abandoned:
-            ticket._cancelled.set()
-            ticket.future.cancel()
-        self._thread.join(timeout)
 
     # --- worker thread -----------------------------------------------------------------------
 
