@@ -10,111 +10,40 @@ uvicorn lets in-flight ones finish; the batchers are closed last.
 from __future__ import annotations
 
 import asyncio
-import logging
 import platform
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from importlib.metadata import version
 
 from fastapi import FastAPI
 
 from app.http.auth import install_access_control
+from app.http.errors import ErrorShapes
 from app.http.middleware import BodyGuardMiddleware, RequestContextMiddleware
+from app.http.probes import router as probes_router
+from app.openai.errors import OpenAIErrorShape
 from app.openai.routes import router as openai_router
-from app.serving.errors import ModelNotFoundError, UnavailableError
 from app.serving.metrics import Metrics
-from app.serving.served_model import ServedModel
+from app.serving.state import VERSION, ModelLoader, ServiceState
 from app.settings import Settings
-from app.tgi.routes import install_routes
+from app.tgi.errors import TGIErrorShape
+from app.tgi.routes import router as tgi_router
 from model_store.resolver import load_model
 
-logger = logging.getLogger(__name__)
 
-VERSION = version("lamini-serve")
+def create_app(
+    settings: Settings,
+    on_fatal: Callable[[], None] | None = None,
+    loader: ModelLoader = load_model,
+) -> FastAPI:
+    """The app; `on_fatal` is called when a model cannot be loaded (the server should exit).
 
-
-class ServiceState:
-    """Which models are configured, which are loaded, and whether the server is draining."""
-
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self.settings = settings
-        self.metrics = metrics
-        self.model_names: list[str] = list(dict.fromkeys(settings.models))
-        self.models: dict[str, ServedModel] = {}
-        self.load_error: str | None = None
-        self.draining = False
-        self.version = VERSION
-
-    @property
-    def default_model_name(self) -> str:
-        return self.model_names[0]
-
-    @property
-    def ready(self) -> bool:
-        loaded = all(name in self.models for name in self.model_names)
-        return loaded and not self.draining and self.load_error is None
-
-    def begin_drain(self) -> None:
-        """Stop taking new work (readiness false, 503s); in-flight requests carry on."""
-        if not self.draining:
-            logger.info("draining: no new requests, finishing the in-flight ones")
-        self.draining = True
-
-    def model(self, name: str | None) -> ServedModel:
-        """The served model called `name` (default: the first configured one)."""
-        key = name or self.default_model_name
-        if key not in self.model_names:
-            raise ModelNotFoundError(
-                f"model {key!r} is not served here; available models: "
-                + ", ".join(self.model_names)
-            )
-        if self.draining:
-            raise UnavailableError("the server is shutting down; retry on another replica")
-        served = self.models.get(key)
-        if served is None:
-            reason = f"failed to load: {self.load_error}" if self.load_error else "still loading"
-            raise UnavailableError(f"model {key!r} is {reason}; check /ready")
-        return served
-
-    async def load_all(self, on_fatal: Callable[[], None]) -> None:
-        """Load every configured model in turn, off the event loop."""
-        for name in self.model_names:
-            logger.info("loading model %s (engine=%s)", name, self.settings.engine)
-            try:
-                loaded = await asyncio.to_thread(load_model, name, self.settings)
-            except Exception as exc:
-                self.load_error = f"{name}: {exc}"
-                logger.error("cannot load model %s: %s", name, exc)
-                on_fatal()
-                return
-            metrics = self.metrics.for_model(name)
-            metrics.set_load_seconds("load", loaded.load_seconds)
-            if loaded.convert_seconds is not None:
-                metrics.set_load_seconds("convert", loaded.convert_seconds)
-            self.models[name] = ServedModel(loaded, self.settings, metrics)
-            info = loaded.engine.info
-            logger.info(
-                "model %s ready in %.1fs: family=%s engine=%s quantization=%s device=%s",
-                name,
-                loaded.load_seconds,
-                loaded.source.family.name,
-                info.kind.value,
-                info.quantization,
-                info.device,
-            )
-
-    def close(self) -> None:
-        for served in self.models.values():
-            served.close()
-
-
-def create_app(settings: Settings, on_fatal: Callable[[], None] | None = None) -> FastAPI:
-    """The app; `on_fatal` is called when a model cannot be loaded (the server should exit)."""
+    `loader` turns a configured model name into a loaded model (the model store's by default).
+    """
     metrics = Metrics()
     metrics.build_info.labels(
         VERSION, settings.engine, settings.device, platform.python_version()
     ).set(1)
-    state = ServiceState(settings, metrics)
+    state = ServiceState(settings, metrics, loader)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -131,10 +60,18 @@ def create_app(settings: Settings, on_fatal: Callable[[], None] | None = None) -
         lifespan=lifespan,
     )
     app.state.service = state
-    install_routes(app)
+    error_shapes = ErrorShapes(
+        default=TGIErrorShape(settings.retry_after_s),
+        others=[OpenAIErrorShape(settings.retry_after_s)],
+    )
+    error_shapes.install(app)
+    app.include_router(tgi_router)
+    app.include_router(probes_router)
     app.include_router(openai_router)
-    app.add_middleware(BodyGuardMiddleware, max_body_bytes=settings.max_body_bytes)
-    install_access_control(app, settings)
+    app.add_middleware(
+        BodyGuardMiddleware, max_body_bytes=settings.max_body_bytes, error_shapes=error_shapes
+    )
+    install_access_control(app, settings, error_shapes)
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, default_model=lambda: state.default_model_name
     )

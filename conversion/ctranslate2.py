@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from app.core.errors import ConversionError
+from app.engines.ctranslate2_engine import SOURCE_CONFIG_NAME
 from conversion.common import conversion_step, save_tokenizer
 
 # What `--quantization` may say for CTranslate2 (float16 variants only run on CUDA).
 CT2_QUANTIZATIONS = ("float32", "int8", "int8_float32", "int8_float16", "float16")
-SOURCE_CONFIG_NAME = "source_config.json"
 
 
 class _PaddedVocabulary:

@@ -12,43 +12,15 @@ from __future__ import annotations
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from app.core.errors import ConversionError
 from app.core.families import Family
+from app.engines.loading import load_ort_model
 from conversion.common import conversion_step, save_tokenizer
 
 ONNX_QUANTIZATIONS = ("float32", "int8")
 MERGED_DECODER = "decoder_model_merged.onnx"  # the name optimum's ORT models look for first
-
-
-@contextmanager
-def _path_without_at(directory: Path) -> Iterator[Path]:
-    """`directory`, or a symlink to it whose path has no '@': optimum reads `name@revision`
-    into every model id, local paths included."""
-    if "@" not in str(directory.resolve()):
-        yield directory
-        return
-    with tempfile.TemporaryDirectory() as scratch:
-        link = Path(scratch) / "model"
-        link.symlink_to(directory.resolve(), target_is_directory=True)
-        yield link
-
-
-def ort_model_class(family: Family) -> type:
-    """The optimum ORT model class that runs `family` (export and inference alike)."""
-    from optimum.onnxruntime import ORTModelForCausalLM, ORTModelForSeq2SeqLM
-
-    return ORTModelForSeq2SeqLM if family.is_seq2seq else ORTModelForCausalLM
-
-
-def load_ort_model(family: Family, directory: Path, **options: Any) -> Any:
-    """optimum's ORT model for `family` from a local directory (export and inference alike)."""
-    with _path_without_at(directory) as path:
-        return ort_model_class(family).from_pretrained(str(path), local_files_only=True, **options)
 
 
 def _merge_seq2seq_decoders(model_dir: Path) -> None:

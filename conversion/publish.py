@@ -12,8 +12,9 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import EngineUnavailableError
-from app.core.families import EngineKind, canonical_hub_id
+from app.core.families import canonical_hub_id
 from conversion.ctranslate2 import CT2_QUANTIZATIONS, convert_to_ctranslate2
 from conversion.onnx import ONNX_QUANTIZATIONS, convert_to_onnx
 from model_store.sources import TWIN_PREFIX, ModelSource, parse_twin

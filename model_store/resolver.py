@@ -11,8 +11,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import EngineUnavailableError
-from app.core.families import EngineKind, Family
+from app.core.families import Family
 from app.engines.base import Engine
 from app.settings import Settings
 from model_store.sources import ModelSource, resolve_source

@@ -32,8 +32,8 @@ from pathlib import Path
 from filelock import FileLock
 from pydantic import BaseModel, ValidationError
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import StoreEntryError
-from app.core.families import EngineKind
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"

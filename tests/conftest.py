@@ -49,3 +49,9 @@ def lamini_environment(twin_cache_dir: Path, store_dir: Path) -> Iterator[None]:
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """In-process async tests run on asyncio, the loop uvicorn serves on."""
+    return "asyncio"

@@ -12,9 +12,11 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import ConfigurationError
-from app.core.families import EngineKind, family_names
+from app.core.families import family_names
 from app.settings import Settings
+from conversion.publish import QUANTIZATIONS
 
 
 def add_model_and_instruction(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +55,27 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         metavar="N",
         help="batches computed side by side (CTranslate2 replicas; default: the engine's choice)",
+    )
+
+
+def add_quantization_option(parser: argparse.ArgumentParser) -> None:
+    """`--quantization`: which precision of a converted model to use (or make)."""
+    parser.add_argument(
+        "--quantization",
+        dest="quantization",
+        # bfloat16: the continuous engine's (it runs the checkpoint, no conversion).
+        choices=sorted({q for names in QUANTIZATIONS.values() for q in names} | {"bfloat16"}),
+        help="weights precision (default: int8 for ct2 on CPU, float16 on CUDA, else float32)",
+    )
+
+
+def add_store_option(parser: argparse.ArgumentParser) -> None:
+    """`--store DIR`: where converted models live."""
+    parser.add_argument(
+        "--store",
+        dest="store_dir",
+        metavar="DIR",
+        help="model store directory (default: LAMINI_STORE_DIR or the user cache)",
     )
 
 

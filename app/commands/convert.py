@@ -15,31 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-from app.commands.common import settings_from_args
-from app.core.families import EngineKind, family_names
-from conversion.publish import QUANTIZATIONS
+from app.commands.common import add_quantization_option, add_store_option, settings_from_args
+from app.core.engine_kinds import EngineKind
+from app.core.families import family_names
 from model_store.resolver import choose_engine, ensure_converted, quantization_for
 from model_store.sources import resolve_source
-
-
-def add_quantization_option(parser: argparse.ArgumentParser) -> None:
-    """`--quantization`: which precision of a converted model to use (or make)."""
-    parser.add_argument(
-        "--quantization",
-        dest="quantization",
-        choices=sorted({q for names in QUANTIZATIONS.values() for q in names}),
-        help="weights precision (default: int8 for ct2 on CPU, float16 on CUDA, else float32)",
-    )
-
-
-def add_store_option(parser: argparse.ArgumentParser) -> None:
-    """`--store DIR`: where converted models live."""
-    parser.add_argument(
-        "--store",
-        dest="store_dir",
-        metavar="DIR",
-        help="model store directory (default: LAMINI_STORE_DIR or the user cache)",
-    )
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:

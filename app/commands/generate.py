@@ -1,7 +1,8 @@
 """`lamini-serve generate MODEL "instruction"`: one answer from the command line.
 
-The same path the server takes for one request - family prompt format, tokenizer, engine,
-tidying - so a model can be checked without starting a server. Sampling defaults to what the
+The same path the server takes for one request - the server's own preparation step (family
+prompt format, tokenizer, limits, stop sequences), the engine, tidying - so a model can be
+checked without starting a server. Sampling defaults to what the
 family's model card recommends; `--greedy` makes the output reproducible.
 """
 
@@ -15,16 +16,23 @@ import time
 from app.commands.common import (
     add_model_and_instruction,
     add_model_options,
+    add_quantization_option,
+    add_store_option,
     non_negative_int,
     positive_float,
     positive_int,
     probability,
     settings_from_args,
 )
-from app.commands.convert import add_quantization_option, add_store_option
 from app.core.errors import ConfigurationError
 from app.core.families import Family
 from app.engines.base import EngineRequest, Generation, SamplingParams
+from app.serving.preparation import (
+    GenerationOptions,
+    PreparationLimits,
+    PreparedRequest,
+    RequestPreparer,
+)
 from model_store.resolver import LoadedModel, load_model
 
 
@@ -76,21 +84,20 @@ def sampling_from_args(family: Family, args: argparse.Namespace) -> SamplingPara
     )
 
 
-def _request(loaded: LoadedModel, model_input: str, args: argparse.Namespace) -> EngineRequest:
-    """The engine request for the formatted instruction; refuses a prompt the model cannot
-    take instead of letting the runtime fail on it."""
-    engine, family = loaded.engine, loaded.source.family
-    prompt_ids = engine.encode(model_input)
-    if len(prompt_ids) > engine.info.max_input_tokens:
-        raise ConfigurationError(
-            f"the instruction is {len(prompt_ids)} tokens after formatting; {loaded.name} "
-            f"takes at most {engine.info.max_input_tokens}"
-        )
-    return EngineRequest(
-        prompt_ids=prompt_ids,
-        max_new_tokens=args.max_new_tokens or family.recommended.max_new_tokens,
-        stop=tuple(dict.fromkeys([*family.prompt_format.stop_sequences, *args.stop])),
+def _prepared(loaded: LoadedModel, args: argparse.Namespace) -> PreparedRequest:
+    """The instruction prepared exactly as the server prepares a request (`RequestPreparer`):
+    family format, stop sequences, and the same errors for a prompt the model cannot take."""
+    family = loaded.source.family
+    limits = PreparationLimits(
+        max_stop_sequences=len(args.stop),
+        default_max_new_tokens=family.recommended.max_new_tokens,
     )
+    options = GenerationOptions(
+        sampling=sampling_from_args(family, args),
+        max_new_tokens=args.max_new_tokens,
+        stop=tuple(args.stop),
+    )
+    return RequestPreparer(loaded.engine, limits).prepare(args.instruction, options)
 
 
 def _as_json(
@@ -128,13 +135,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigurationError("--stop needs a non-empty text")
     loaded = load_model(args.model, settings_from_args(args))
     family = loaded.source.family
-    model_input = family.prompt_format.wrap(args.instruction)
-    request = _request(loaded, model_input, args)
+    prepared = _prepared(loaded, args)
+    request = EngineRequest(prepared.prompt_ids, prepared.max_new_tokens, prepared.stop)
     started = time.perf_counter()
-    generation = loaded.engine.generate([request], sampling_from_args(family, args))[0]
+    generation = loaded.engine.generate([request], prepared.sampling)[0]
     generate_seconds = time.perf_counter() - started
     tidied = family.prompt_format.tidy(generation.text)
     if args.json:
+        model_input = family.prompt_format.wrap(args.instruction)
         print(_as_json(loaded, model_input, generation, tidied, generate_seconds))
     else:
         print(tidied)

@@ -10,8 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from app.commands.common import settings_from_args
-from app.commands.convert import add_store_option, format_size
+from app.commands.common import add_store_option, settings_from_args
+from app.commands.convert import format_size
 from model_store.store import EntryStatus, ModelStore
 
 

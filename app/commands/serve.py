@@ -21,8 +21,9 @@ from app.commands.common import (
     settings_from_args,
 )
 from app.logging import configure_logging
-from app.server import ServiceState, create_app
+from app.server import create_app
 from app.serving.errors import StartupError
+from app.serving.state import ServiceState
 
 # Flags that override one `Settings` field each: (flag, field, argparse type, help).
 _SERVICE_FLAGS: tuple[tuple[str, str, object, str], ...] = (

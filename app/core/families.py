@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import FamilyResolutionError
 from app.core.prompts import ALPACA, NEWLINE_HACK, RAW, RAW_WITH_BOS, PromptFormat
 
@@ -27,13 +28,19 @@ class Task(str, enum.Enum):
     CAUSAL = "text-generation"
 
 
-class EngineKind(str, enum.Enum):
-    """The engines a converted (or unconverted) model can run on."""
+@dataclass(frozen=True)
+class Architecture:
+    """A transformers architecture: its config `model_type`, model class and task."""
 
-    CTRANSLATE2 = "ct2"
-    ONNX = "onnx"
-    TRANSFORMERS = "transformers"
-    CONTINUOUS = "continuous"
+    model_type: str
+    class_name: str
+    task: Task
+
+
+T5 = Architecture("t5", "T5ForConditionalGeneration", Task.SEQ2SEQ)
+GPT2 = Architecture("gpt2", "GPT2LMHeadModel", Task.CAUSAL)
+GPT_NEO = Architecture("gpt_neo", "GPTNeoForCausalLM", Task.CAUSAL)
+OPT = Architecture("opt", "OPTForCausalLM", Task.CAUSAL)
 
 
 @dataclass(frozen=True)
@@ -54,13 +61,24 @@ class Family:
     name: str
     description: str
     hub_ids: tuple[str, ...]
-    model_type: str
-    architecture: str
-    task: Task
+    arch: Architecture
     prompt_format: PromptFormat
     recommended: RecommendedSampling
     engines: tuple[EngineKind, ...]
     name_hints: tuple[str, ...]
+
+    @property
+    def model_type(self) -> str:
+        return self.arch.model_type
+
+    @property
+    def architecture(self) -> str:
+        """The transformers model class name, as `config.json` lists it."""
+        return self.arch.class_name
+
+    @property
+    def task(self) -> Task:
+        return self.arch.task
 
     @property
     def preferred_engine(self) -> EngineKind:
@@ -88,9 +106,7 @@ FAMILIES: tuple[Family, ...] = (
         name="lamini-t5",
         description="LaMini-T5 (t5 architecture): raw instruction in, stripped text out",
         hub_ids=("MBZUAI/LaMini-T5-61M", "MBZUAI/LaMini-T5-223M", "MBZUAI/LaMini-T5-738M"),
-        model_type="t5",
-        architecture="T5ForConditionalGeneration",
-        task=Task.SEQ2SEQ,
+        arch=T5,
         prompt_format=RAW,
         recommended=_CARD_LAMINI,
         engines=_ALL_ENGINES,
@@ -104,9 +120,7 @@ FAMILIES: tuple[Family, ...] = (
             "MBZUAI/LaMini-Flan-T5-248M",
             "MBZUAI/LaMini-Flan-T5-783M",
         ),
-        model_type="t5",
-        architecture="T5ForConditionalGeneration",
-        task=Task.SEQ2SEQ,
+        arch=T5,
         prompt_format=RAW,
         recommended=_CARD_LAMINI,
         engines=_ALL_ENGINES,
@@ -121,9 +135,7 @@ FAMILIES: tuple[Family, ...] = (
             "MBZUAI/LaMini-Cerebras-590M",
             "MBZUAI/LaMini-Cerebras-1.3B",
         ),
-        model_type="gpt2",
-        architecture="GPT2LMHeadModel",
-        task=Task.CAUSAL,
+        arch=GPT2,
         prompt_format=ALPACA,
         recommended=_CARD_LAMINI,
         engines=_ALL_ENGINES,
@@ -133,9 +145,7 @@ FAMILIES: tuple[Family, ...] = (
         name="lamini-gpt",
         description="LaMini-GPT (GPT-2): Alpaca wrapper, response cut out",
         hub_ids=("MBZUAI/LaMini-GPT-124M", "MBZUAI/LaMini-GPT-774M", "MBZUAI/LaMini-GPT-1.5B"),
-        model_type="gpt2",
-        architecture="GPT2LMHeadModel",
-        task=Task.CAUSAL,
+        arch=GPT2,
         prompt_format=ALPACA,
         recommended=_CARD_LAMINI,
         engines=_ALL_ENGINES,
@@ -145,9 +155,7 @@ FAMILIES: tuple[Family, ...] = (
         name="lamini-neo",
         description="LaMini-Neo (GPT-Neo): Alpaca wrapper; CTranslate2 cannot convert GPT-Neo",
         hub_ids=("MBZUAI/LaMini-Neo-125M", "MBZUAI/LaMini-Neo-1.3B"),
-        model_type="gpt_neo",
-        architecture="GPTNeoForCausalLM",
-        task=Task.CAUSAL,
+        arch=GPT_NEO,
         prompt_format=ALPACA,
         recommended=_CARD_LAMINI,
         engines=(EngineKind.ONNX, EngineKind.TRANSFORMERS, EngineKind.CONTINUOUS),
@@ -157,9 +165,7 @@ FAMILIES: tuple[Family, ...] = (
         name="opt-iml",
         description="OPT-IML (OPT): raw prompt after the </s> bos token, prompt echo removed",
         hub_ids=("facebook/opt-iml-max-1.3b", "facebook/opt-iml-1.3b"),
-        model_type="opt",
-        architecture="OPTForCausalLM",
-        task=Task.CAUSAL,
+        arch=OPT,
         prompt_format=RAW_WITH_BOS,
         recommended=_CARD_OPT,
         engines=_ALL_ENGINES,
@@ -169,9 +175,7 @@ FAMILIES: tuple[Family, ...] = (
         name="flant5-dolly",
         description="flan-T5 fine-tuned on Dolly: newline hack (<_LB_>/<_T_>) in and out",
         hub_ids=("jmhessel/flant5-dolly-xxl",),
-        model_type="t5",
-        architecture="T5ForConditionalGeneration",
-        task=Task.SEQ2SEQ,
+        arch=T5,
         prompt_format=NEWLINE_HACK,
         recommended=_CARD_DOLLY,
         engines=_ALL_ENGINES,

@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import ModelSourceError
-from app.core.families import EngineKind, Family
+from app.core.families import Family
 
 
 class FinishReason(str, enum.Enum):
@@ -49,6 +50,12 @@ class GeneratedToken:
     text: str
     logprob: float
     special: bool
+
+    @property
+    def finite_logprob(self) -> float | None:
+        """The log probability, or None where the engine could not score the token (NaN):
+        JSON has no NaN, and APIs report an unknown logprob as null."""
+        return self.logprob if math.isfinite(self.logprob) else None
 
 
 # Called with each generated token and whether it is the sequence's last one.

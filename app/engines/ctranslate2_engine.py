@@ -34,8 +34,9 @@ from typing import Any
 import ctranslate2
 from transformers import AutoTokenizer
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import ModelSourceError
-from app.core.families import EngineKind, Family
+from app.core.families import Family
 from app.engines.base import (
     Engine,
     EngineInfo,
@@ -44,7 +45,6 @@ from app.engines.base import (
     cut_longest_first,
     limits_from_config,
 )
-from conversion.ctranslate2 import SOURCE_CONFIG_NAME
 
 
 def resolve_ct2_device(setting: str) -> str:
@@ -111,6 +111,9 @@ def thread_layout(device: str, intra: int | None, inter: int | None) -> tuple[in
         inter = 1 if device == "cuda" or intra == 0 else max(1, cores // intra)
     return intra, inter
 
+
+# The checkpoint's config.json, kept in a converted entry: its limits and special tokens.
+SOURCE_CONFIG_NAME = "source_config.json"
 
 # The fixed cost of one decoding step, in units of one sequence's share of it: the larger, the
 # fewer groups a decoder batch is split into. A replica on one thread pays little per step, so

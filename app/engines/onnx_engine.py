@@ -25,8 +25,9 @@ import onnxruntime
 import torch
 from transformers import AutoTokenizer
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import ModelSourceError
-from app.core.families import EngineKind, Family
+from app.core.families import Family
 from app.engines.base import (
     EngineInfo,
     SamplingParams,
@@ -34,8 +35,8 @@ from app.engines.base import (
     cut_longest_first,
     limits_from_config,
 )
+from app.engines.loading import load_ort_model
 from app.engines.transformers_engine import TransformersEngine
-from conversion.onnx import load_ort_model
 
 _CUDA_PROVIDER = "CUDAExecutionProvider"
 _CPU_PROVIDER = "CPUExecutionProvider"

@@ -28,7 +28,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from app.core.families import EngineKind, Family
+from app.core.engine_kinds import EngineKind
+from app.core.families import Family
 from app.engines.base import (
     Engine,
     EngineInfo,

@@ -23,11 +23,11 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.errors import AccessConfigError
-from app.openai.errors import OPENAI_PATH_PREFIX, openai_error_body
+from app.http.errors import ErrorShapes
+from app.serving.errors import AuthenticationError
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -117,22 +117,20 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-def unauthorized_response(path: str, message: str, code: str) -> JSONResponse:
-    """A 401 in the shape the route's clients understand: OpenAI's under /v1, else TGI's."""
-    if path.startswith(OPENAI_PATH_PREFIX):
-        body = openai_error_body(message, "invalid_request_error", code=code)
-    else:
-        body = {"error": message, "error_type": "authentication"}
-    return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-
-
 class ApiKeyMiddleware:
     """Reject requests without a valid bearer key, except on the open paths."""
 
-    def __init__(self, app: ASGIApp, keyring: ApiKeyRing, open_paths: frozenset[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keyring: ApiKeyRing,
+        open_paths: frozenset[str],
+        error_shapes: ErrorShapes,
+    ) -> None:
         self.app = app
         self.keyring = keyring
         self.open_paths = open_paths
+        self.error_shapes = error_shapes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self._is_open(scope):
@@ -149,7 +147,9 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         logger.warning("401 %s %s: %s", scope["method"], scope["path"], code)
-        await unauthorized_response(scope["path"], message, code)(scope, receive, send)
+        error = AuthenticationError(message, code)
+        response = self.error_shapes.for_path(scope["path"]).service_error(error)
+        await response(scope, receive, send)
 
     def _is_open(self, scope: Scope) -> bool:
         # Preflight requests never carry credentials; CORS answers them.
@@ -163,7 +163,7 @@ def open_paths(settings: Settings) -> frozenset[str]:
     return ALWAYS_OPEN_PATHS | {METRICS_PATH}
 
 
-def install_access_control(app: Starlette, settings: Settings) -> None:
+def install_access_control(app: Starlette, settings: Settings, error_shapes: ErrorShapes) -> None:
     """Add key checking and CORS to a Starlette/FastAPI app (call before request-id logging).
 
     CORS is added last so it is the outer layer: preflights are answered before the key
@@ -171,7 +171,12 @@ def install_access_control(app: Starlette, settings: Settings) -> None:
     """
     keyring = ApiKeyRing.from_settings(settings)
     if keyring.enabled:
-        app.add_middleware(ApiKeyMiddleware, keyring=keyring, open_paths=open_paths(settings))
+        app.add_middleware(
+            ApiKeyMiddleware,
+            keyring=keyring,
+            open_paths=open_paths(settings),
+            error_shapes=error_shapes,
+        )
         logger.info("API keys required (%d accepted)", len(keyring.digests))
     else:
         logger.info("no API keys configured: every route is open")

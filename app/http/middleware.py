@@ -1,23 +1,22 @@
 """ASGI middleware: what every request gets before and after its route.
 
 `BodyGuardMiddleware` reads the body once, refusing it when larger than `max_body_bytes` (413)
-or not UTF-8 (400), before any JSON parsing, and reads every body as JSON whatever its declared
-content type. `RequestContextMiddleware` gives the request an id
-(`X-Request-Id`, echoed back), logs one access line and observes the request metrics once the
-response - streamed or not - is complete.
+or not UTF-8 (400) before any JSON parsing, in the error shape of the API the path belongs to,
+and reads every body as JSON whatever its declared content type. `RequestContextMiddleware`
+gives the request an id (`X-Request-Id`, echoed back), logs one access line and observes the
+request metrics once the response - streamed or not - is complete.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
 from collections.abc import Callable
 
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.http.errors import CLIENT_CLOSED_REQUEST, ErrorShapes
 from app.logging import request_id
 from app.serving.errors import BodyTooLargeError, MalformedBodyError, ServiceError
 from app.serving.metrics import Metrics
@@ -31,28 +30,13 @@ _PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
 MODEL_STATE_KEY = "lamini_model"
 
 
-async def send_error(send: Send, error: ServiceError) -> None:
-    """Answer with TGI's error body from inside middleware (before any route ran)."""
-    body = json.dumps({"error": str(error), "error_type": error.error_type}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": error.status_code,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 class BodyGuardMiddleware:
     """Buffer request bodies up to a size limit and check they are UTF-8."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, error_shapes: ErrorShapes) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.error_shapes = error_shapes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -60,13 +44,10 @@ class BodyGuardMiddleware:
             return
         try:
             body = await self._read_body(scope, receive)
-            body.decode("utf-8")
+            _check_utf8(body)
         except ServiceError as error:
-            await send_error(send, error)
-            return
-        except UnicodeDecodeError as exc:
-            message = f"the request body is not valid UTF-8 ({exc.reason} at byte {exc.start})"
-            await send_error(send, MalformedBodyError(message))
+            response = self.error_shapes.for_path(scope["path"]).service_error(error)
+            await response(scope, receive, send)
             return
         await self.app(_as_json(scope), _replay(body, receive), send)
 
@@ -91,6 +72,14 @@ class BodyGuardMiddleware:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+
+def _check_utf8(body: bytes) -> None:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        message = f"the request body is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+        raise MalformedBodyError(message) from None
 
 
 def _as_json(scope: Scope) -> Scope:
@@ -134,7 +123,7 @@ class RequestContextMiddleware:
         rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
         token = request_id.set(rid)
         started = time.perf_counter()
-        status = 499  # nginx's "client closed request" unless a response starts
+        status = CLIENT_CLOSED_REQUEST  # unless a response starts
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -173,9 +162,3 @@ class RequestContextMiddleware:
             return
         model = scope.get("state", {}).get(MODEL_STATE_KEY) or self.default_model()
         self.metrics.for_model(model).observe_request(route.path, status, seconds)
-
-
-async def client_gone(request: Request) -> None:
-    """Resolves when the client disconnects (the body has been read, so only that can come)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass

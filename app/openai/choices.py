@@ -19,14 +19,9 @@ from typing import Any
 
 from starlette.requests import Request
 
-from app.http.middleware import client_gone
-from app.serving.served_model import (
-    Completion,
-    GenerationOptions,
-    PreparedRequest,
-    ServedModel,
-    StreamEvent,
-)
+from app.http.requests import client_gone
+from app.serving.preparation import GenerationOptions, PreparedRequest
+from app.serving.served_model import Answer, ServedModel, StreamEvent
 
 
 @dataclass(frozen=True)
@@ -56,22 +51,20 @@ def _with_seed_offset(prepared: PreparedRequest, offset: int) -> PreparedRequest
 async def plan_choices(
     served: ServedModel, prompts: Sequence[str], options: GenerationOptions, n: int
 ) -> ChoicePlan:
-    """Prepare each prompt once (format, tokenise, check limits) and fan it out to `n` choices.
+    """Prepare each prompt once (format, tokenise, check limits) and fan it out to `n` choices;
+    at most `max_client_batch_size` choices in all.
 
     Choice indexes follow OpenAI: prompt `i`'s choices are `i * n` to `i * n + n - 1`.
     """
     choices = []
     prompt_tokens = 0
-    for prompt in prompts:
-        prepared = await served.prepare(prompt, options)
+    for prepared in await served.prepare_all(prompts, options, copies=n):
         prompt_tokens += len(prepared.prompt_ids)
         choices += [Choice(len(choices) + k, _with_seed_offset(prepared, k)) for k in range(n)]
     return ChoicePlan(choices, prompt_tokens)
 
 
-async def complete_choices(
-    served: ServedModel, plan: ChoicePlan, request: Request
-) -> list[Completion]:
+async def complete_choices(served: ServedModel, plan: ChoicePlan, request: Request) -> list[Answer]:
     """Generate every choice; the first failure or a disconnect cancels the others."""
     return await served.complete_all([c.prepared for c in plan.choices], client_gone(request))
 

@@ -2,35 +2,34 @@
 
 OpenAI clients read `{"error": {"message", "type", "param", "code"}}` and raise the exception
 matching the status (400 BadRequestError, 401 AuthenticationError, 404 NotFoundError...). The
-rest of the service answers in TGI's shape, so these routes use their own route class that
-converts validation errors and the service's typed errors before any app-wide handler sees
-them: the shape depends on the route, not on who raised.
+rest of the service answers in TGI's shape; `OpenAIErrorShape` claims every path under `/v1/`
+(see `app/http/errors.py`), whether the error comes from a route, validation, the body limits
+or the API-key check.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
+from app.http.errors import ErrorShape, error_headers
 from app.serving.errors import (
+    AuthenticationError,
     ModelNotFoundError,
     OverloadedError,
     RequestTimeoutError,
     ServiceError,
     UnavailableError,
 )
-from app.serving.served_model import ClientDisconnectedError
 
 OPENAI_PATH_PREFIX = "/v1/"
 INVALID_REQUEST = "invalid_request_error"
 SERVER_ERROR = "server_error"
-CLIENT_CLOSED_REQUEST = 499  # nginx's status: nobody is left to read the answer
 
 
 @dataclass(frozen=True)
@@ -45,16 +44,11 @@ class OpenAIError:
     headers: dict[str, str] | None = None
 
     def body(self) -> dict[str, dict[str, str | None]]:
-        return openai_error_body(self.message, self.type, param=self.param, code=self.code)
+        detail = {"message": self.message, "type": self.type, "param": self.param}
+        return {"error": {**detail, "code": self.code}}
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status_code, headers=self.headers)
-
-
-def openai_error_body(
-    message: str, error_type: str, *, param: str | None = None, code: str | None = None
-) -> dict[str, dict[str, str | None]]:
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
 def param_path(location: Sequence[int | str]) -> str | None:
@@ -98,10 +92,12 @@ def from_service_error(exc: ServiceError, retry_after_s: int | None = None) -> O
     `retry_after_s` becomes the Retry-After header of a 429 (none inside a stream).
     """
     message = str(exc)
+    headers = None if retry_after_s is None else error_headers(exc, retry_after_s)
     if isinstance(exc, ModelNotFoundError):
         return OpenAIError(404, message, param="model", code="model_not_found")
+    if isinstance(exc, AuthenticationError):
+        return OpenAIError(401, message, code=exc.code, headers=headers)
     if isinstance(exc, OverloadedError):
-        headers = None if retry_after_s is None else {"Retry-After": str(retry_after_s)}
         return OpenAIError(
             429, message, "rate_limit_error", code="rate_limit_exceeded", headers=headers
         )
@@ -114,23 +110,16 @@ def from_service_error(exc: ServiceError, retry_after_s: int | None = None) -> O
     return OpenAIError(status, message, code="invalid_value")
 
 
-class OpenAIRoute(APIRoute):
-    """A route whose every error, validation included, leaves in OpenAI's shape."""
+class OpenAIErrorShape(ErrorShape):
+    """Every error of a `/v1/` request, in OpenAI's shape."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handle = super().get_route_handler()
+    path_prefix = OPENAI_PATH_PREFIX
 
-        async def handle_in_openai_shape(request: Request) -> Response:
-            try:
-                return await handle(request)
-            except RequestValidationError as exc:
-                return from_validation_error(exc).response()
-            except ServiceError as exc:
-                retry_after_s = request.app.state.service.settings.retry_after_s
-                return from_service_error(exc, retry_after_s).response()
-            except HTTPException as exc:
-                return OpenAIError(exc.status_code, str(exc.detail), headers=exc.headers).response()
-            except ClientDisconnectedError:
-                return Response(status_code=CLIENT_CLOSED_REQUEST)
+    def service_error(self, error: ServiceError) -> JSONResponse:
+        return from_service_error(error, self.retry_after_s).response()
 
-        return handle_in_openai_shape
+    def validation_error(self, error: RequestValidationError) -> JSONResponse:
+        return from_validation_error(error).response()
+
+    def http_error(self, error: HTTPException) -> JSONResponse:
+        return OpenAIError(error.status_code, str(error.detail), headers=error.headers).response()

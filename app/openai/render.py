@@ -7,7 +7,6 @@ choice object and wraps choices into a response or a stream chunk.
 
 from __future__ import annotations
 
-import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -38,11 +37,6 @@ OPENAI_FINISH_REASONS: dict[FinishReason, OpenAIFinishReason] = {
     FinishReason.LENGTH: "length",
     FinishReason.CANCELLED: "stop",
 }
-
-
-def _finite(logprob: float) -> float | None:
-    """Engines that cannot score a token report NaN: JSON gets null instead."""
-    return logprob if math.isfinite(logprob) else None
 
 
 @dataclass(frozen=True)
@@ -116,7 +110,7 @@ class CompletionRenderer(Renderer):
             position += len(token.text)
         return CompletionLogprobs(
             tokens=[token.text for token in tokens],
-            token_logprobs=[_finite(token.logprob) for token in tokens],
+            token_logprobs=[token.finite_logprob for token in tokens],
             top_logprobs=None,
             text_offset=offsets,
         )
@@ -150,7 +144,7 @@ class ChatRenderer(Renderer):
             content=[
                 TokenLogprob(
                     token=token.text,
-                    logprob=_finite(token.logprob),
+                    logprob=token.finite_logprob,
                     bytes=list(token.text.encode("utf-8")),
                 )
                 for token in tokens

@@ -1,11 +1,11 @@
 """OpenAI-compatible routes: `/v1/completions`, `/v1/chat/completions` and `/v1/models`.
 
-They share everything with the TGI routes below the wire format: the same generation layer
-(family prompt format, limits, batcher, cancellation, metrics labelled by route) and the same
-middleware (request ids, access control). What is OpenAI's own lives here and in the
-`openai_*` modules: choices (`n`, lists of prompts), text without the stop sequence,
-`stop`/`length` finish reasons, usage counts, logprobs and server-sent events that end with
-`data: [DONE]`. Chat messages become one instruction by the rule in `app/chat.py`.
+They share everything with the TGI routes below the wire format: the same serving layer (family
+prompt format, limits, batcher, cancellation, metrics labelled by route) and the same middleware
+(request ids, access control). What is OpenAI's own lives in this folder: choices (`n`, lists of
+prompts), text without the stop sequence, `stop`/`length` finish reasons, usage counts, logprobs,
+the error shape and server-sent events that end with `data: [DONE]`. Chat messages become one
+instruction by the rule in `app/core/chat.py`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from app.core.chat import ChatTurn, chat_to_instruction
 from app.core.visible_text import VisibleText
 from app.engines.base import GeneratedToken
-from app.http.middleware import MODEL_STATE_KEY
+from app.http.errors import documented_errors
+from app.http.requests import event_stream, served_model, service_state
 from app.openai.choices import (
     Choice,
     ChoicePlan,
@@ -34,7 +34,7 @@ from app.openai.choices import (
     plan_choices,
     started_streams,
 )
-from app.openai.errors import SERVER_ERROR, OpenAIError, OpenAIRoute, from_service_error
+from app.openai.errors import SERVER_ERROR, OpenAIError, from_service_error
 from app.openai.render import (
     OPENAI_FINISH_REASONS,
     ChatRenderer,
@@ -53,33 +53,26 @@ from app.openai.schemas import (
     OpenAIRequest,
     Usage,
 )
-from app.serving.errors import InvalidRequestError, ModelNotFoundError, ServiceError
+from app.serving.errors import ModelNotFoundError, ServiceError
 from app.serving.served_model import ServedModel
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1", route_class=OpenAIRoute, tags=["OpenAI-compatible"])
+router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 
-_ERRORS: dict[int | str, dict[str, object]] = {
-    status: {"model": OpenAIErrorResponse, "description": description}
-    for status, description in (
-        (400, "Invalid or unsupported parameter"),
-        (401, "Missing or wrong API key"),
-        (404, "Unknown model"),
-        (429, "Queue full; retry after Retry-After seconds"),
-        (503, "Model loading or server draining"),
-        (504, "Request timed out"),
-    )
-}
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_ERRORS = documented_errors(
+    OpenAIErrorResponse,
+    {
+        400: "Invalid or unsupported parameter, body not JSON or not UTF-8",
+        401: "Missing or wrong API key",
+        404: "Unknown model",
+        413: "Body too large",
+        429: "Queue full; retry after Retry-After seconds",
+        503: "Model loading or server draining",
+        504: "Request timed out",
+    },
+)
 _STARTED_AT = int(time.time())  # the `created` time of every served model
-
-
-def _served_model(request: Request, name: str) -> ServedModel:
-    """The model a request names, recorded for the per-route metrics."""
-    served: ServedModel = request.app.state.service.model(name)
-    request.scope.setdefault("state", {})[MODEL_STATE_KEY] = served.name
-    return served
 
 
 def _system_fingerprint(served: ServedModel) -> str:
@@ -111,8 +104,8 @@ class ChoiceText:
 
 
 @dataclass(frozen=True)
-class Job:
-    """A planned request: the model, its choices and how its objects are rendered."""
+class PlannedResponse:
+    """A request ready to run: the model, its choices and how its objects are rendered."""
 
     served: ServedModel
     plan: ChoicePlan
@@ -141,14 +134,8 @@ async def _plan(
     max_tokens: int | None,
     renderer_class: type[Renderer],
     with_logprobs: bool,
-) -> Job:
-    served = _served_model(request, body.model)
-    limit = request.app.state.service.settings.max_client_batch_size
-    if len(prompts) * body.n > limit:
-        raise InvalidRequestError(
-            f"this request asks for {len(prompts) * body.n} choices ({len(prompts)} prompt(s) "
-            f"x n={body.n}); at most {limit} are allowed (max_client_batch_size)"
-        )
+) -> PlannedResponse:
+    served = served_model(request, body.model)
     plan = await plan_choices(served, prompts, body.to_options(max_tokens), body.n)
     renderer = renderer_class(
         id=f"{renderer_class.id_prefix}-{uuid.uuid4().hex}",
@@ -156,23 +143,23 @@ async def _plan(
         system_fingerprint=_system_fingerprint(served),
         with_logprobs=with_logprobs,
     )
-    return Job(served, plan, renderer)
+    return PlannedResponse(served, plan, renderer)
 
 
-async def _respond(job: Job, body: OpenAIRequest, request: Request) -> Response:
+async def _respond(planned: PlannedResponse, body: OpenAIRequest, request: Request) -> Response:
     """Run every choice; answer with one JSON object or a stream of server-sent events."""
     if body.stream:
-        streams = await started_streams(job.served, job.plan)
-        events = _events(job, streams, include_usage=body.include_usage_chunk)
-        return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
-    completions = await complete_choices(job.served, job.plan, request)
+        streams = await started_streams(planned.served, planned.plan)
+        events = _events(planned, streams, include_usage=body.include_usage_chunk)
+        return event_stream(events)
+    answers = await complete_choices(planned.served, planned.plan, request)
     results = []
-    for choice, completion in zip(job.plan.choices, completions, strict=True):
-        text = job.visible_text(choice, completion.tokens).text
-        reason = OPENAI_FINISH_REASONS[completion.finish_reason]
-        results.append(ChoiceResult(choice.index, text, completion.tokens, reason))
-    usage = job.usage(sum(len(completion.tokens) for completion in completions))
-    body_json = job.renderer.response(results, usage).model_dump_json()
+    for choice, answer in zip(planned.plan.choices, answers, strict=True):
+        text = planned.visible_text(choice, answer.tokens).text
+        reason = OPENAI_FINISH_REASONS[answer.finish_reason]
+        results.append(ChoiceResult(choice.index, text, answer.tokens, reason))
+    usage = planned.usage(sum(len(answer.tokens) for answer in answers))
+    body_json = planned.renderer.response(results, usage).model_dump_json()
     return Response(body_json, media_type="application/json")
 
 
@@ -181,14 +168,16 @@ def _sse(payload: BaseModel | str) -> str:
     return f"data: {data}\n\n"
 
 
-async def _events(job: Job, streams: ChoiceStreams, include_usage: bool) -> AsyncIterator[str]:
+async def _events(
+    planned: PlannedResponse, streams: ChoiceStreams, include_usage: bool
+) -> AsyncIterator[str]:
     """Chunks as tokens arrive, the usage chunk if asked for, then `[DONE]`.
 
     A failure after the first byte can only be reported in the stream: as an `error` event,
     which the OpenAI clients raise as an APIError.
     """
-    renderer = job.renderer
-    texts = job.choice_texts()
+    renderer = planned.renderer
+    texts = planned.choice_texts()
     generated = 0
     try:
         for chunk in renderer.opening_chunks(sorted(texts)):
@@ -197,14 +186,14 @@ async def _events(job: Job, streams: ChoiceStreams, include_usage: bool) -> Asyn
             generated += 1
             text = texts[index]
             delta = text.push(event.token)
-            if event.completion is not None:
+            if event.answer is not None:
                 delta += text.visible.finish()
-                reason = OPENAI_FINISH_REASONS[event.completion.finish_reason]
+                reason = OPENAI_FINISH_REASONS[event.answer.finish_reason]
                 yield _sse(renderer.chunk(ChoiceResult(index, delta, text.take_tokens(), reason)))
             elif delta:
                 yield _sse(renderer.chunk(ChoiceResult(index, delta, text.take_tokens())))
         if include_usage:
-            yield _sse(renderer.usage_chunk(job.usage(generated)))
+            yield _sse(renderer.usage_chunk(planned.usage(generated)))
         yield _sse("[DONE]")
     except ServiceError as exc:
         yield _sse(json.dumps(from_service_error(exc).body()))
@@ -219,7 +208,7 @@ async def _events(job: Job, streams: ChoiceStreams, include_usage: bool) -> Asyn
 @router.post("/completions", response_model=Completion, responses=_ERRORS)
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     """Complete each prompt; a prompt is an instruction, wrapped in the family's format."""
-    job = await _plan(
+    planned = await _plan(
         request,
         body,
         body.prompts,
@@ -227,14 +216,14 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         CompletionRenderer,
         with_logprobs=body.logprobs is not None,
     )
-    return await _respond(job, body, request)
+    return await _respond(planned, body, request)
 
 
 @router.post("/chat/completions", response_model=ChatCompletion, responses=_ERRORS)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
-    """Answer a conversation, flattened into one instruction (see `app/chat.py`)."""
+    """Answer a conversation, flattened into one instruction (see `app/core/chat.py`)."""
     instruction = chat_to_instruction([ChatTurn(m.role, m.text) for m in body.messages])
-    job = await _plan(
+    planned = await _plan(
         request,
         body,
         [instruction],
@@ -242,7 +231,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         ChatRenderer,
         with_logprobs=body.logprobs,
     )
-    return await _respond(job, body, request)
+    return await _respond(planned, body, request)
 
 
 def _model_card(name: str) -> ModelCard:
@@ -252,14 +241,14 @@ def _model_card(name: str) -> ModelCard:
 @router.get("/models", response_model=ModelList, responses=_ERRORS)
 async def list_models(request: Request) -> ModelList:
     """Every model this server serves (loaded or still loading)."""
-    names = request.app.state.service.model_names
+    names = service_state(request).model_names
     return ModelList(data=[_model_card(name) for name in names])
 
 
 @router.get("/models/{model:path}", response_model=ModelCard, responses=_ERRORS)
 async def retrieve_model(model: str, request: Request) -> ModelCard:
     """One served model, or 404 `model_not_found`."""
-    if model not in request.app.state.service.model_names:
+    if model not in service_state(request).model_names:
         raise ModelNotFoundError(f"model {model!r} is not served here")
     return _model_card(model)
 

@@ -3,7 +3,7 @@
 Validation lives here, as in vLLM's protocol module: every field OpenAI defines is declared, so
 a request that sets one we cannot honour (tools, logit_bias, penalties, best_of...) fails in
 validation with the parameter named, instead of being silently ignored; fields OpenAI does not
-define are rejected the same way OpenAI rejects them. `app/openai_errors.py` turns the
+define are rejected the same way OpenAI rejects them. `app/openai/errors.py` turns the
 validation errors into OpenAI's error shape.
 
 Two extensions that vLLM also accepts (send them with the client's `extra_body`): `top_k` and
@@ -12,8 +12,7 @@ Two extensions that vLLM also accepts (send them with the client's `extra_body`)
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -24,36 +23,19 @@ from pydantic import (
     field_validator,
     model_serializer,
 )
-from pydantic_core import PydanticCustomError
 
-from app.engines.base import SamplingParams
-from app.serving.served_model import GenerationOptions
+from app.http.fields import (
+    FiniteFloat,
+    HonourRule,
+    check_honoured,
+    invalid,
+    require_encodable,
+    unsupported,
+)
+from app.serving.preparation import GenerationOptions, sampling_for
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 OpenAIFinishReason = Literal["stop", "length"]
-
-
-def _unsupported(reason: str) -> PydanticCustomError:
-    return PydanticCustomError("unsupported_parameter", reason)
-
-
-def _invalid(reason: str) -> PydanticCustomError:
-    return PydanticCustomError("invalid_value", reason)
-
-
-def _require_encodable(texts: list[Any]) -> None:
-    """Reject text no tokenizer can read: lone surrogates (legal in JSON escapes, not UTF-8)."""
-    for text in texts:
-        if isinstance(text, str):
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise _invalid("text contains a lone surrogate (invalid unicode)") from None
-
-
-# A rule says whether a value of an OpenAI field can be honoured, and why not otherwise.
-HonourRule = tuple[Callable[[Any], bool], str]
 
 
 def _is_zero(value: Any) -> bool:
@@ -65,9 +47,9 @@ def _is_empty(value: Any) -> bool:
 
 
 _COMMON_RULES: dict[str, HonourRule] = {
-    "frequency_penalty": (_is_zero, "frequency_penalty is not supported (only 0)"),
-    "presence_penalty": (_is_zero, "presence_penalty is not supported (only 0)"),
-    "logit_bias": (_is_empty, "logit_bias is not supported"),
+    "frequency_penalty": HonourRule(_is_zero, "frequency_penalty is not supported (only 0)"),
+    "presence_penalty": HonourRule(_is_zero, "presence_penalty is not supported (only 0)"),
+    "logit_bias": HonourRule(_is_empty, "logit_bias is not supported"),
 }
 
 
@@ -130,25 +112,25 @@ class OpenAIRequest(BaseModel):
     @classmethod
     def _check_stop(cls, value: Any) -> Any:
         """Stop sequences: a string or a short list of non-empty strings."""
-        _require_encodable(value if isinstance(value, list) else [value])
+        require_encodable(value if isinstance(value, list) else [value])
         if value is None or (isinstance(value, str) and value):
             return value
         if isinstance(value, list) and all(isinstance(s, str) and s for s in value):
             if len(value) > MAX_STOP_SEQUENCES:
-                raise _invalid(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
+                raise invalid(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
             return value
-        raise _invalid("stop must be a non-empty string or a list of non-empty strings")
+        raise invalid("stop must be a non-empty string or a list of non-empty strings")
 
     @field_validator("frequency_penalty", "presence_penalty", "logit_bias", mode="after")
     @classmethod
     def _check_honoured(cls, value: Any, info: ValidationInfo) -> Any:
-        return _honour(cls.unhonoured_rules, value, info)
+        return check_honoured(cls.unhonoured_rules, value, info)
 
     @field_validator("stream_options", mode="after")
     @classmethod
     def _stream_options_need_stream(cls, value: Any, info: ValidationInfo) -> Any:
         if value is not None and not info.data.get("stream"):
-            raise _invalid("stream_options is only allowed when stream is true")
+            raise invalid("stream_options is only allowed when stream is true")
         return value
 
     @property
@@ -161,13 +143,13 @@ class OpenAIRequest(BaseModel):
         """OpenAI semantics: temperature 0 is greedy, anything else (default 1) samples."""
         temperature = 1.0 if self.temperature is None else self.temperature
         samples = temperature > 0
-        sampling = SamplingParams(
-            do_sample=samples,
-            temperature=temperature if samples else 1.0,
-            top_p=(self.top_p or 1.0) if samples else 1.0,
-            top_k=(self.top_k or 0) if samples else 0,
-            repetition_penalty=self.repetition_penalty or 1.0,
-            seed=self.seed if samples else None,
+        sampling = sampling_for(
+            samples,
+            temperature=temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            repetition_penalty=self.repetition_penalty,
+            seed=self.seed,
         )
         return GenerationOptions(
             sampling=sampling, max_new_tokens=max_new_tokens, stop=self.stop_sequences
@@ -184,16 +166,6 @@ def _default_if_null(model: type[BaseModel], value: Any, info: ValidationInfo) -
     return value
 
 
-def _honour(rules: dict[str, HonourRule], value: Any, info: ValidationInfo) -> Any:
-    """Let `value` through when unset or honourable; otherwise fail naming the field."""
-    if value is None or info.field_name is None:
-        return value
-    can_honour, reason = rules[info.field_name]
-    if not can_honour(value):
-        raise _unsupported(reason)
-    return value
-
-
 # --- completions -----------------------------------------------------------------------------
 
 
@@ -203,10 +175,12 @@ def _is_at_most_one(value: Any) -> bool:
 
 _COMPLETION_RULES: dict[str, HonourRule] = {
     **_COMMON_RULES,
-    "best_of": (_is_at_most_one, "best_of is not supported (only 1); use n for more choices"),
-    "echo": (lambda value: value is False, "echo is not supported"),
-    "suffix": (_is_empty, "suffix (insertion) is not supported"),
-    "logprobs": (
+    "best_of": HonourRule(
+        _is_at_most_one, "best_of is not supported (only 1); use n for more choices"
+    ),
+    "echo": HonourRule(lambda value: value is False, "echo is not supported"),
+    "suffix": HonourRule(_is_empty, "suffix (insertion) is not supported"),
+    "logprobs": HonourRule(
         _is_zero,
         "only logprobs=0 is supported (the sampled token's log probability, no alternatives)",
     ),
@@ -231,19 +205,19 @@ class CompletionRequest(OpenAIRequest):
     @classmethod
     def _check_prompt(cls, value: Any) -> Any:
         """Text prompts only: token-id prompts would bypass the family's prompt format."""
-        _require_encodable(value if isinstance(value, list) else [value])
+        require_encodable(value if isinstance(value, list) else [value])
         if isinstance(value, str):
             return value
         if isinstance(value, list) and value and all(isinstance(p, str) for p in value):
             return value
         if isinstance(value, list) and value and all(isinstance(p, int | list) for p in value):
-            raise _unsupported("token-id prompts are not supported; send the prompt as text")
-        raise _invalid("prompt must be a string or a non-empty list of strings")
+            raise unsupported("token-id prompts are not supported; send the prompt as text")
+        raise invalid("prompt must be a string or a non-empty list of strings")
 
     @field_validator("best_of", "echo", "suffix", "logprobs", mode="after")
     @classmethod
     def _check_completion_honoured(cls, value: Any, info: ValidationInfo) -> Any:
-        return _honour(cls.unhonoured_rules, value, info)
+        return check_honoured(cls.unhonoured_rules, value, info)
 
     @property
     def prompts(self) -> list[str]:
@@ -318,7 +292,7 @@ class ChatMessage(BaseModel):
     @classmethod
     def _check_role(cls, value: Any) -> Any:
         if value in ("tool", "function"):
-            raise _unsupported(f"{value} messages are not supported: these models cannot use tools")
+            raise unsupported(f"{value} messages are not supported: these models cannot use tools")
         return value
 
     @field_validator("content", mode="before")
@@ -327,19 +301,19 @@ class ChatMessage(BaseModel):
         if isinstance(value, list):
             for part in value:
                 kind = part.get("type") if isinstance(part, dict) else None
-                _require_encodable([part.get("text") if isinstance(part, dict) else None])
+                require_encodable([part.get("text") if isinstance(part, dict) else None])
                 if kind not in (None, "text"):
-                    raise _unsupported(
+                    raise unsupported(
                         f"content parts of type {kind!r} are not supported; send text"
                     )
-        _require_encodable([value])
+        require_encodable([value])
         return value
 
     @field_validator(*_UNREADABLE_FIELDS, mode="after")
     @classmethod
     def _reject_unreadable_fields(cls, value: Any, info: ValidationInfo) -> Any:
         if value:
-            raise _unsupported(f"{info.field_name} is not supported: these models read text only")
+            raise unsupported(f"{info.field_name} is not supported: these models read text only")
         return value
 
     @property
@@ -368,24 +342,30 @@ def _no_tool_choice(value: Any) -> bool:
 
 _CHAT_RULES: dict[str, HonourRule] = {
     **_COMMON_RULES,
-    "tools": (_is_empty, "tools are not supported: these models cannot call tools"),
-    "functions": (_is_empty, "functions are not supported: these models cannot call tools"),
-    "tool_choice": (_no_tool_choice, "tool_choice is not supported (only 'none')"),
-    "function_call": (_no_tool_choice, "function_call is not supported (only 'none')"),
-    "response_format": (_is_text_format, "only response_format type 'text' is supported"),
-    "top_logprobs": (_is_zero, "top_logprobs is not supported (only 0)"),
-    "modalities": (lambda value: value == ["text"], "only the 'text' modality is supported"),
-    "audio": (_is_empty, "audio output is not supported"),
-    "prediction": (_is_empty, "predicted outputs are not supported"),
-    "web_search_options": (_is_empty, "web search is not supported"),
-    "reasoning_effort": (_is_empty, "reasoning_effort is not supported: not a reasoning model"),
-    "verbosity": (_is_empty, "verbosity is not supported"),
-    "store": (lambda value: value is False, "store is not supported: nothing is stored"),
+    "tools": HonourRule(_is_empty, "tools are not supported: these models cannot call tools"),
+    "functions": HonourRule(
+        _is_empty, "functions are not supported: these models cannot call tools"
+    ),
+    "tool_choice": HonourRule(_no_tool_choice, "tool_choice is not supported (only 'none')"),
+    "function_call": HonourRule(_no_tool_choice, "function_call is not supported (only 'none')"),
+    "response_format": HonourRule(_is_text_format, "only response_format type 'text' is supported"),
+    "top_logprobs": HonourRule(_is_zero, "top_logprobs is not supported (only 0)"),
+    "modalities": HonourRule(
+        lambda value: value == ["text"], "only the 'text' modality is supported"
+    ),
+    "audio": HonourRule(_is_empty, "audio output is not supported"),
+    "prediction": HonourRule(_is_empty, "predicted outputs are not supported"),
+    "web_search_options": HonourRule(_is_empty, "web search is not supported"),
+    "reasoning_effort": HonourRule(
+        _is_empty, "reasoning_effort is not supported: not a reasoning model"
+    ),
+    "verbosity": HonourRule(_is_empty, "verbosity is not supported"),
+    "store": HonourRule(lambda value: value is False, "store is not supported: nothing is stored"),
 }
 
 
 class ChatCompletionRequest(OpenAIRequest):
-    """`POST /v1/chat/completions`: messages become one instruction (see `app/chat.py`)."""
+    """`POST /v1/chat/completions`: messages become one instruction (see `app/core/chat.py`)."""
 
     unhonoured_rules: ClassVar[dict[str, HonourRule]] = _CHAT_RULES
 
@@ -431,7 +411,7 @@ class ChatCompletionRequest(OpenAIRequest):
     )
     @classmethod
     def _check_chat_honoured(cls, value: Any, info: ValidationInfo) -> Any:
-        return _honour(cls.unhonoured_rules, value, info)
+        return check_honoured(cls.unhonoured_rules, value, info)
 
     @field_validator("logprobs", mode="before")
     @classmethod
@@ -444,9 +424,9 @@ class ChatCompletionRequest(OpenAIRequest):
         """These models answer one instruction: the conversation must end with a user turn."""
         last = value[-1]
         if last.role != "user":
-            raise _invalid(f"the last message must come from the user (got {last.role!r})")
+            raise invalid(f"the last message must come from the user (got {last.role!r})")
         if not last.text.strip():
-            raise _invalid("the last user message is empty")
+            raise invalid("the last user message is empty")
         return value
 
     @property

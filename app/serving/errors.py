@@ -1,8 +1,9 @@
 """Errors a request can meet in the service, each knowing its HTTP status and TGI `error_type`.
 
-They are raised wherever the problem is found (schemas, generation layer, batcher) and turned
-into `{"error": ..., "error_type": ...}` bodies in exactly one place, `app/api.py`. The
-`error_type` values are TGI's, so the `text-generation` client raises its matching exception.
+They are raised wherever the problem is found (schemas, serving layer, batcher, middleware)
+and become a response in exactly one place, `app/http/errors.py`, in the shape of the API the
+request spoke (TGI's or OpenAI's). The `error_type` values are TGI's, so the `text-generation`
+client raises its matching exception.
 """
 
 from __future__ import annotations
@@ -34,6 +35,17 @@ class BodyTooLargeError(InvalidRequestError):
     """The body is larger than `max_body_bytes`."""
 
     status_code = 413
+
+
+class AuthenticationError(ServiceError):
+    """No API key, or one this server does not accept; `code` says which."""
+
+    status_code = 401
+    error_type = "authentication"
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ModelNotFoundError(ServiceError):
@@ -76,3 +88,7 @@ class StartupError(ServiceError):
 
     status_code = 503
     error_type = "unavailable"
+
+
+class ClientDisconnectedError(Exception):
+    """The client went away; its request was cancelled and nobody is left to answer."""

@@ -1,8 +1,8 @@
-"""The route-agnostic generation layer: from a user's prompt to a tidied completion.
+"""The route-agnostic generation layer: from a user's prompt to a tidied answer.
 
 Every HTTP route (TGI's `/generate`, OpenAI's `/v1/completions`, ...) goes through
-`ServedModel`: it applies the family's prompt format, tokenises off the event loop, checks the
-request against the model's limits, submits it to the model's batcher, waits (or streams) while
+`ServedModel`: it prepares the prompts (`app/serving/preparation.py`) off the event loop,
+submits them to the model's batcher, waits (or streams) while
 watching for a client that went away or a timeout, tidies the text and observes the metrics.
 Nothing here knows any API's wire format.
 """
@@ -12,57 +12,33 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from app.core.families import EngineKind
-from app.engines.base import Engine, FinishReason, GeneratedToken, Generation, SamplingParams
+from app.core.engine_kinds import EngineKind
+from app.engines.base import Engine, FinishReason, GeneratedToken, Generation
 from app.serving.batching import Batcher, BatchLimits, Ticket
 from app.serving.errors import (
+    ClientDisconnectedError,
     GenerationError,
     InvalidRequestError,
     RequestTimeoutError,
     UnavailableError,
 )
 from app.serving.metrics import ModelMetrics
+from app.serving.preparation import (
+    GenerationOptions,
+    PreparationLimits,
+    PreparedRequest,
+    RequestPreparer,
+)
 from app.serving.scheduler import StepScheduler, scheduler_limits
 from app.settings import Settings
-from model_store.resolver import LoadedModel
-
-# Below this, logits divided by the temperature overflow float32 and sampling fails.
-MIN_SAMPLING_TEMPERATURE = 1e-6
-
-
-class ClientDisconnectedError(Exception):
-    """The client went away; its request was cancelled and nobody is left to answer."""
 
 
 @dataclass(frozen=True)
-class GenerationOptions:
-    """What a caller wants, independent of the API it spoke."""
-
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    max_new_tokens: int | None = None
-    stop: tuple[str, ...] = ()
-    truncate: int | None = None
-    raw_prompt: bool = False
-
-
-@dataclass(frozen=True)
-class PreparedRequest:
-    """A request checked against the model and ready for the batcher."""
-
-    prompt: str
-    prompt_ids: list[int]
-    max_new_tokens: int
-    stop: tuple[str, ...]
-    sampling: SamplingParams
-    arrived_at: float
-
-
-@dataclass(frozen=True)
-class Completion:
-    """A finished generation as the user should see it."""
+class Answer:
+    """A finished generation as the user should see it: tidied text, tokens, why it ended."""
 
     text: str
     tokens: list[GeneratedToken]
@@ -73,11 +49,11 @@ class Completion:
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """One generated token; the last event of a stream also carries the completion."""
+    """One generated token; the last event of a stream also carries the answer."""
 
     index: int
     token: GeneratedToken
-    completion: Completion | None = None
+    answer: Answer | None = None
 
 
 _FINISHED = object()
@@ -116,14 +92,22 @@ def _queue_for(
 class ServedModel:
     """One loaded model with its batcher: the service's unit of generation."""
 
-    def __init__(self, loaded: LoadedModel, settings: Settings, metrics: ModelMetrics) -> None:
-        self.name = loaded.name
-        self.loaded = loaded
-        self.engine = loaded.engine
-        self.family = loaded.engine.family
+    def __init__(
+        self, name: str, engine: Engine, settings: Settings, metrics: ModelMetrics
+    ) -> None:
+        self.name = name
+        self.engine = engine
+        self.family = engine.family
         self.metrics = metrics
         self.settings = settings
-        self.batcher = _queue_for(loaded.engine, settings, metrics)
+        self.preparer = RequestPreparer(
+            engine,
+            PreparationLimits(
+                max_stop_sequences=settings.max_stop_sequences,
+                default_max_new_tokens=settings.default_max_new_tokens,
+            ),
+        )
+        self.batcher = _queue_for(engine, settings, metrics)
 
     def close(self) -> None:
         self.batcher.close(timeout=5)
@@ -131,61 +115,30 @@ class ServedModel:
 
     # --- preparing -----------------------------------------------------------------------------
 
-    async def prepare(self, prompt: str, options: GenerationOptions) -> PreparedRequest:
-        """Format and tokenise `prompt` (in a thread) and check it against the model's limits."""
+    async def prepare_all(
+        self, prompts: Sequence[str], options: GenerationOptions, copies: int = 1
+    ) -> list[PreparedRequest]:
+        """Prepare every prompt (concurrently, off the event loop) for `copies` generations each.
+
+        A request may ask for at most `max_client_batch_size` generations in all (prompts times
+        copies, OpenAI's `n`), so one client cannot fill the queue alone.
+        """
         arrived_at = time.monotonic()
-        if len(options.stop) > self.settings.max_stop_sequences:
+        count, limit = len(prompts) * copies, self.settings.max_client_batch_size
+        if count > limit:
+            what = f"{len(prompts)} prompt(s)" + (f" x {copies}" if copies > 1 else "")
             raise InvalidRequestError(
-                f"`stop` has {len(options.stop)} sequences; at most "
-                f"{self.settings.max_stop_sequences} are allowed"
+                f"this request asks for {count} generations ({what}); at most {limit} are "
+                "allowed per request (max_client_batch_size)"
             )
-        sampling = options.sampling
-        if sampling.do_sample and sampling.temperature < MIN_SAMPLING_TEMPERATURE:
-            raise InvalidRequestError(
-                f"`temperature` must be at least {MIN_SAMPLING_TEMPERATURE:g} when sampling; "
-                "for deterministic output use greedy decoding"
-            )
-        model_input = prompt if options.raw_prompt else self.family.prompt_format.wrap(prompt)
-        prompt_ids = await asyncio.to_thread(self.engine.encode, model_input)
-        prompt_ids = self._fit_input(prompt_ids, options.truncate)
-        return PreparedRequest(
-            prompt=prompt,
-            prompt_ids=prompt_ids,
-            max_new_tokens=self._max_new_tokens(len(prompt_ids), options.max_new_tokens),
-            stop=tuple(dict.fromkeys((*options.stop, *self.family.prompt_format.stop_sequences))),
-            sampling=options.sampling,
-            arrived_at=arrived_at,
-        )
-
-    def _fit_input(self, prompt_ids: list[int], truncate: int | None) -> list[int]:
-        limit = self.engine.info.max_input_tokens
-        if truncate is not None:
-            if truncate > limit:
-                raise InvalidRequestError(
-                    f"`truncate` must be at most {limit} (this model's max input tokens), "
-                    f"got {truncate}"
+        return list(
+            await asyncio.gather(
+                *(
+                    asyncio.to_thread(self.preparer.prepare, prompt, options, arrived_at)
+                    for prompt in prompts
                 )
-            return prompt_ids[-truncate:]
-        if len(prompt_ids) > limit:
-            raise InvalidRequestError(
-                f"the input is {len(prompt_ids)} tokens long but this model accepts at most "
-                f"{limit}; shorten it or set `truncate` to keep only the last tokens"
             )
-        return prompt_ids
-
-    def _max_new_tokens(self, input_tokens: int, requested: int | None) -> int:
-        """The requested count, or the default cut to what the model has room for."""
-        info = self.engine.info
-        used = info.max_input_tokens if self.family.is_seq2seq else input_tokens
-        room = info.max_total_tokens - used
-        if requested is None:
-            return max(1, min(self.settings.default_max_new_tokens, room))
-        if requested > room:
-            raise InvalidRequestError(
-                f"`max_new_tokens` must be at most {room} for this model and input "
-                f"(max total tokens {info.max_total_tokens}), got {requested}"
-            )
-        return requested
+        )
 
     # --- generating ----------------------------------------------------------------------------
 
@@ -208,7 +161,7 @@ class ServedModel:
 
     async def complete(
         self, prepared: PreparedRequest, disconnected: asyncio.Future[Any] | None = None
-    ) -> Completion:
+    ) -> Answer:
         """Generate the whole answer; cancel if `disconnected` resolves first or time runs out.
 
         `disconnected` belongs to the caller (several prompts of one request share it).
@@ -235,7 +188,7 @@ class ServedModel:
 
     async def complete_all(
         self, prepared: Sequence[PreparedRequest], disconnected: Awaitable[Any]
-    ) -> list[Completion]:
+    ) -> list[Answer]:
         """Generate several prompts of one request together (they batch); `disconnected` (the
         client went away) cancels all of them, and so does the first failure."""
         watcher = asyncio.ensure_future(disconnected)
@@ -252,7 +205,7 @@ class ServedModel:
     def stream(self, prepared: PreparedRequest) -> AsyncIterator[StreamEvent]:
         """Queue the request now (a full queue raises here, before any response is sent) and
         return its events: one per token as the batch produces it, the last one carrying the
-        completion. Closing the iterator early (the client went away) cancels the request.
+        answer. Closing the iterator early (the client went away) cancels the request.
         """
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Any] = asyncio.Queue()
@@ -278,7 +231,7 @@ class ServedModel:
         completed = False
         try:
             # Every token goes out as soon as it exists; the last one waits only for the
-            # completion, which the batcher resolves the moment this sequence ends.
+            # answer, which the batcher resolves the moment this sequence ends.
             last_token: GeneratedToken | None = None
             index = 1
             while (item := await self._next_event(events, prepared, ticket)) is not _FINISHED:
@@ -288,11 +241,11 @@ class ServedModel:
                 else:
                     yield StreamEvent(index, token)
                     index += 1
-            completion = self._finish(prepared, ticket, timing)
+            answer = self._finish(prepared, ticket, timing)
             completed = True
             if last_token is None:
                 raise GenerationError("the engine ended the sequence without its last token")
-            yield StreamEvent(index, last_token, completion)
+            yield StreamEvent(index, last_token, answer)
         finally:
             if not completed:
                 self._cancel(ticket, timed_out=False)
@@ -335,7 +288,7 @@ class ServedModel:
             raise ClientDisconnectedError
         return generation
 
-    def _finish(self, prepared: PreparedRequest, ticket: Ticket, timing: _Timing) -> Completion:
+    def _finish(self, prepared: PreparedRequest, ticket: Ticket, timing: _Timing) -> Answer:
         generation = self._generation(ticket)
         finished_at = time.monotonic()
         count = len(generation.tokens)
@@ -348,7 +301,7 @@ class ServedModel:
             if first is not None and count > 1
             else None,
         )
-        return Completion(
+        return Answer(
             text=self.family.prompt_format.tidy(generation.text),
             tokens=generation.tokens,
             finish_reason=generation.finish_reason,

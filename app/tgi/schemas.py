@@ -10,25 +10,25 @@ Everything that can be checked without knowing the model is checked here.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from app.engines.base import GeneratedToken, SamplingParams
-from app.serving.served_model import Completion, GenerationOptions, StreamEvent
+from app.engines.base import GeneratedToken
+from app.http.fields import FiniteFloat, HonourRule, check_honoured, require_encodable
+from app.serving.preparation import GenerationOptions, sampling_for
+from app.serving.served_model import Answer, StreamEvent
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-
-# Unsupported TGI parameters and the values that mean "not used".
-_NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
-    "best_of": (None, 1),
-    "typical_p": (None, 1.0),
-    "watermark": (None, False),
-    "decoder_input_details": (None, False),
-    "top_n_tokens": (None, 0),
-    "grammar": (None,),
-    "adapter_id": (None, ""),
-    "frequency_penalty": (None, 0.0),
+# Unsupported TGI parameters, accepted only at the values that mean "not used".
+_NEUTRAL_RULES: dict[str, HonourRule] = {
+    "best_of": HonourRule.only("best_of", 1),
+    "typical_p": HonourRule.only("typical_p", 1.0),
+    "watermark": HonourRule.only("watermark", False),
+    "decoder_input_details": HonourRule.only("decoder_input_details", False),
+    "top_n_tokens": HonourRule.only("top_n_tokens", 0),
+    "grammar": HonourRule(lambda _value: False, "grammar is not supported (only null)"),
+    "adapter_id": HonourRule.only("adapter_id", ""),
+    "frequency_penalty": HonourRule.only("frequency_penalty", 0.0),
 }
 
 
@@ -37,15 +37,6 @@ class _Strict(BaseModel):
     `"max_new_tokens": "20"` must not be silently ignored or guessed at."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-
-
-def _check_text(value: str, what: str) -> str:
-    """Reject text that cannot be sent to a tokenizer (lone surrogates from JSON escapes)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{what} contains invalid unicode (a lone surrogate escape)") from None
-    return value
 
 
 class GenerateParameters(_Strict):
@@ -99,23 +90,18 @@ class GenerateParameters(_Strict):
     @field_validator("stop")
     @classmethod
     def _stop_sequences_are_text(cls, stop: list[str] | None) -> list[str] | None:
-        for sequence in stop or []:
-            if not sequence:
-                raise ValueError("stop sequences must not be empty strings")
-            _check_text(sequence, "a stop sequence")
+        if any(not sequence for sequence in stop or []):
+            raise ValueError("stop sequences must not be empty strings")
+        require_encodable(stop or [])
         return stop
+
+    @field_validator(*_NEUTRAL_RULES, mode="after")
+    @classmethod
+    def _check_honoured(cls, value: Any, info: ValidationInfo) -> Any:
+        return check_honoured(_NEUTRAL_RULES, value, info)
 
     @model_validator(mode="after")
     def _consistent(self) -> GenerateParameters:
-        for name, neutral in _NEUTRAL_VALUES.items():
-            value = getattr(self, name)
-            if value not in neutral:
-                raise ValueError(
-                    f"`{name}`={value!r} is not supported by lamini-serve; "
-                    f"omit it or send {' or '.join(repr(v) for v in neutral if v is not None)}"
-                    if any(v is not None for v in neutral)
-                    else f"`{name}` is not supported by lamini-serve; omit it or send null"
-                )
         if self.do_sample and self.temperature is not None and self.temperature <= 0:
             raise ValueError("`temperature` must be strictly positive when sampling")
         return self
@@ -132,14 +118,13 @@ class GenerateParameters(_Strict):
 
     def to_options(self) -> GenerationOptions:
         """The route-agnostic generation request these parameters describe."""
-        samples = self.samples
-        sampling = SamplingParams(
-            do_sample=samples,
-            temperature=(self.temperature or 1.0) if samples else 1.0,
-            top_p=(self.top_p or 1.0) if samples else 1.0,
-            top_k=(self.top_k or 0) if samples else 0,
-            repetition_penalty=self.repetition_penalty or 1.0,
-            seed=self.seed if samples else None,
+        sampling = sampling_for(
+            self.samples,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            repetition_penalty=self.repetition_penalty,
+            seed=self.seed,
         )
         return GenerationOptions(
             sampling=sampling,
@@ -173,10 +158,9 @@ class GenerateRequest(_Strict):
         texts = [inputs] if isinstance(inputs, str) else inputs
         if not texts:
             raise ValueError("`inputs` must not be an empty list")
-        for text in texts:
-            if not text.strip():
-                raise ValueError("`inputs` cannot be empty")
-            _check_text(text, "`inputs`")
+        if any(not text.strip() for text in texts):
+            raise ValueError("`inputs` cannot be empty")
+        require_encodable(texts)
         return inputs
 
     @property
@@ -194,9 +178,9 @@ class Token(BaseModel):
 
     @classmethod
     def of(cls, token: GeneratedToken) -> Token:
-        finite = token.logprob == token.logprob and abs(token.logprob) != float("inf")
-        logprob = token.logprob if finite else None
-        return cls(id=token.id, text=token.text, logprob=logprob, special=token.special)
+        return cls(
+            id=token.id, text=token.text, logprob=token.finite_logprob, special=token.special
+        )
 
 
 class PrefillToken(BaseModel):
@@ -224,16 +208,16 @@ class GenerateResponse(BaseModel):
     details: Details | None = None
 
     @classmethod
-    def of(cls, completion: Completion, with_details: bool, text: str) -> GenerateResponse:
-        """`text` is the completion's text, or the full text when the caller asked for it."""
+    def of(cls, answer: Answer, with_details: bool, text: str) -> GenerateResponse:
+        """`text` is the answer's text, or the full text when the caller asked for it."""
         return cls(
             generated_text=text,
             details=Details(
-                finish_reason=completion.finish_reason.value,
-                generated_tokens=len(completion.tokens),
-                seed=completion.seed,
+                finish_reason=answer.finish_reason.value,
+                generated_tokens=len(answer.tokens),
+                seed=answer.seed,
                 prefill=[],
-                tokens=[Token.of(token) for token in completion.tokens],
+                tokens=[Token.of(token) for token in answer.tokens],
             )
             if with_details
             else None,
@@ -269,17 +253,17 @@ class StreamResponse(BaseModel):
     @classmethod
     def final_event(cls, event: StreamEvent, with_details: bool, text: str) -> StreamResponse:
         """The last event: its token plus the whole text and, when asked for, the details."""
-        completion = event.completion
-        assert completion is not None, "only the last event carries the completion"
+        answer = event.answer
+        assert answer is not None, "only the last event carries the answer"
         return cls(
             index=event.index,
             token=Token.of(event.token),
             generated_text=text,
             details=StreamDetails(
-                finish_reason=completion.finish_reason.value,
-                generated_tokens=len(completion.tokens),
-                seed=completion.seed,
-                input_length=completion.input_tokens,
+                finish_reason=answer.finish_reason.value,
+                generated_tokens=len(answer.tokens),
+                seed=answer.seed,
+                input_length=answer.input_tokens,
             )
             if with_details
             else None,

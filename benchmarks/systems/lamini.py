@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from app.core.families import EngineKind
+from app.core.engine_kinds import EngineKind
 from app.engines.ctranslate2_engine import thread_layout
 from benchmarks.context import BenchContext
 from benchmarks.loadgen import CallResult, RequestSender

@@ -15,14 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.core.families import EngineKind
+from app.core.engine_kinds import EngineKind
+from app.engines.loading import ort_model_class
 from benchmarks.context import BenchContext
 from benchmarks.offline import BatchRunner, time_batches, to_measurement
 from benchmarks.options import SystemName, ThreadConfig
 from benchmarks.progress import announce
 from benchmarks.results import Measurement, SystemRun
 from conversion.ctranslate2 import convert_to_ctranslate2
-from conversion.onnx import convert_to_onnx, ort_model_class
+from conversion.onnx import convert_to_onnx
 
 SYSTEM = SystemName.RAW_ENGINE
 

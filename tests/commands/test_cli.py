@@ -9,10 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support.cli import assert_one_line_error, lamini_serve, run_in_process
-from support.twins import FAMILY_TWINS
 
 from app.core.families import SOURCE_MODEL_CONFIG_KEY, get_family
+from tests.support.cli import assert_one_line_error, lamini_serve, run_in_process
+from tests.support.twins import FAMILY_TWINS
 
 FINISH_REASONS = {"length", "eos_token", "stop_sequence"}
 TRANSFORMERS = ("--backend", "transformers")
@@ -110,7 +110,8 @@ def test_generate_runs_on_a_tiny_twin_of_every_family(
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     family = get_family(family_name)
-    assert answer["family"] == family_name and answer["engine"] == "transformers"
+    assert answer["family"] == family_name
+    assert answer["engine"] == "transformers"
     assert answer["model_input"] == family.prompt_format.wrap("Name three colours.")
     assert 1 <= len(answer["tokens"]) <= 6
     assert answer["finish_reason"] in FINISH_REASONS
@@ -118,7 +119,8 @@ def test_generate_runs_on_a_tiny_twin_of_every_family(
         token["text"] for token in answer["tokens"] if not token["special"]
     )
     assert answer["tidied_text"] == family.prompt_format.tidy(answer["text"])
-    assert answer["timings"]["load_seconds"] > 0 and answer["timings"]["generate_seconds"] > 0
+    assert answer["timings"]["load_seconds"] > 0
+    assert answer["timings"]["generate_seconds"] > 0
 
 
 def test_generate_plain_output_is_the_tidied_text(capsys: pytest.CaptureFixture[str]) -> None:
@@ -237,7 +239,7 @@ def test_too_long_instruction_is_refused(tiny_twin: Callable[[str], Path]) -> No
         "generate", "twin:MBZUAI/LaMini-GPT-124M@tiny", "word " * 1100, *TRANSFORMERS
     )
 
-    assert_one_line_error(result, "takes at most 1023")
+    assert_one_line_error(result, "accepts at most 1023")
 
 
 def test_invalid_flag_value_exits_non_zero() -> None:

@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from support.cli import assert_one_line_error, lamini_serve, run_in_process
-from support.twins import FAMILY_TWINS
 
-from app.core.families import FAMILIES, EngineKind, get_family
+from app.core.engine_kinds import EngineKind
+from app.core.families import FAMILIES, get_family
 from conversion.publish import QUANTIZATIONS
+from tests.support.cli import assert_one_line_error, lamini_serve, run_in_process
+from tests.support.twins import FAMILY_TWINS
 
 CONVERTED_CASES = [
     pytest.param(family, kind.value, id=f"{family}-{kind.value}")
@@ -92,13 +93,15 @@ def test_generate_converts_on_first_use_and_reuses_the_entry(
     assert second["timings"]["convert_seconds"] is None
     assert first["tokens"] == second["tokens"]
     assert first["quantization"] == "int8"  # the CPU default for CTranslate2
-    assert entry["valid"] is True and entry["problem"] is None
+    assert entry["valid"] is True
+    assert entry["problem"] is None
     assert (entry["engine"], entry["quantization"], entry["family"]) == (
         "ct2",
         "int8",
         "lamini-cerebras",
     )
-    assert entry["source"] == _twin("lamini-cerebras") and entry["size_bytes"] > 0
+    assert entry["source"] == _twin("lamini-cerebras")
+    assert entry["size_bytes"] > 0
 
 
 @pytest.mark.parametrize(("family", "engine"), [("lamini-neo", "onnx"), ("opt-iml", "ct2")])
@@ -126,7 +129,8 @@ def test_a_corrupted_entry_shows_invalid_and_is_rebuilt_on_use(
     (rebuilt,) = _models(capsys, store)
 
     assert broken["valid"] is False
-    assert "model.bin" in broken["problem"] and "checksum" in broken["problem"]
+    assert "model.bin" in broken["problem"]
+    assert "checksum" in broken["problem"]
     assert after["timings"]["convert_seconds"] is not None  # converted again
     assert after["tokens"] == before["tokens"]
     assert rebuilt["valid"] is True
@@ -145,7 +149,8 @@ def test_convert_reports_and_replaces_a_broken_entry(
 
     assert result.returncode == 0
     assert result.stdout.startswith("converted:")
-    assert "replaced a broken entry" in result.stderr and "vocabulary.json" in result.stderr
+    assert "replaced a broken entry" in result.stderr
+    assert "vocabulary.json" in result.stderr
     assert _models(capsys, store)[0]["valid"] is True
 
 
@@ -166,7 +171,8 @@ def test_models_table_marks_invalid_entries(tmp_path: Path) -> None:
     listing = lamini_serve("models", "--store", str(store))
 
     assert listing.returncode == 0, listing.stderr
-    assert "INVALID" in listing.stdout and "schema version 99" in listing.stdout
+    assert "INVALID" in listing.stdout
+    assert "schema version 99" in listing.stdout
 
 
 @pytest.mark.parametrize(
@@ -220,4 +226,5 @@ def test_onnx_works_from_a_store_path_with_an_at_sign(
 
     answer = _generate_json(capsys, _twin("lamini-neo"), "--backend", "onnx", *store)
 
-    assert answer["engine"] == "onnx" and answer["tokens"]
+    assert answer["engine"] == "onnx"
+    assert answer["tokens"]

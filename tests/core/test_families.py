@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import FamilyResolutionError
 from app.core.families import (
     FAMILIES,
     SOURCE_MODEL_CONFIG_KEY,
-    EngineKind,
     all_hub_ids,
     canonical_hub_id,
     family_for_checkpoint,

@@ -16,7 +16,11 @@ from typing import Any
 
 import pytest
 import yaml
-from support.deploy import (
+
+from app.cli import build_parser
+from app.serving.metrics import Metrics
+from app.settings import Settings
+from tests.support.deploy import (
     DASHBOARD,
     DEPLOY_DIR,
     NGINX_TEMPLATE,
@@ -30,11 +34,7 @@ from support.deploy import (
     require_binary,
     write_nginx_main_config,
 )
-from support.dockerfile import DOCKERFILE, parse_dockerfile
-
-from app.cli import build_parser
-from app.serving.metrics import Metrics
-from app.settings import Settings
+from tests.support.dockerfile import DOCKERFILE, parse_dockerfile
 
 RUNTIME, CONVERT = "runtime", "convert"
 # Series the dashboard must chart (the list: rate, latency, TTFT, tokens/s, queue, batch).
@@ -103,14 +103,16 @@ def test_runtime_is_the_default_target_and_installs_no_conversion_dependencies()
     assert "[" not in installs.split("pip install .")[1].split()[0], "no extras in the runtime"
     assert "torch" not in installs
     convert_installs = " ".join(r.arguments for r in dockerfile.stage(CONVERT).all("RUN"))
-    assert '".[convert]"' in convert_installs and "TORCH_INDEX_URL" in convert_installs
+    assert '".[convert]"' in convert_installs
+    assert "TORCH_INDEX_URL" in convert_installs
 
 
 @pytest.mark.parametrize("stage", [RUNTIME, CONVERT])
 def test_images_run_as_a_numeric_non_root_user(stage: str) -> None:
     user = parse_dockerfile().stage(stage).last("USER").arguments
     uid = user.split(":")[0]
-    assert uid.isdigit() and int(uid) != 0, f"{stage} runs as {user!r}"
+    assert uid.isdigit(), f"{stage} runs as {user!r}"
+    assert int(uid) != 0, f"{stage} runs as {user!r}"
     base_run = " ".join(r.arguments for r in parse_dockerfile().stage("base").all("RUN"))
     assert f"--uid {uid}" in base_run, "the user must exist in the image"
 
@@ -125,7 +127,8 @@ def test_runtime_healthcheck_port_volume_and_stop_signal_agree() -> None:
     probe = runtime.last("HEALTHCHECK")
     assert "--start-period=" in probe.arguments, "model loading must not count as unhealthy"
     probe_code = probe.exec_form()[-1]
-    assert "/health" in probe_code and "LAMINI_PORT" in probe_code
+    assert "/health" in probe_code
+    assert "LAMINI_PORT" in probe_code
     assert runtime.last("STOPSIGNAL").arguments == "SIGTERM"
     volumes = json.loads(runtime.last("VOLUME").arguments)
     assert volumes == ["/data"]
@@ -135,7 +138,8 @@ def test_runtime_healthcheck_port_volume_and_stop_signal_agree() -> None:
 
 def test_runtime_runs_the_serve_command_the_tests_run() -> None:
     command = image_command(RUNTIME)
-    assert Path(command[0]).name == "lamini-serve" and command[1:] == ["serve"]
+    assert Path(command[0]).name == "lamini-serve"
+    assert command[1:] == ["serve"]
     assert {"serve", "convert"} <= cli_subcommands()
 
 
@@ -179,7 +183,8 @@ def test_build_context_has_the_sources_and_nothing_else() -> None:
         assert (REPO_ROOT / source).exists(), f"COPY {source}: no such path"
         assert not any(fnmatch.fnmatch(source, pattern) for pattern in ignored), source
     packages = {d.name for d in REPO_ROOT.iterdir() if (d / "__init__.py").is_file()}
-    assert packages and packages <= set(copied), "every package of the project is copied"
+    assert packages, "every package of the project is copied"
+    assert packages <= set(copied), "every package of the project is copied"
 
 
 def test_hadolint_finds_nothing() -> None:
@@ -239,7 +244,8 @@ def test_compose_prometheus_scrapes_every_replica(compose: dict[str, Any]) -> No
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == REPLICA_JOB]
     (discovery,) = job["dns_sd_configs"]
-    assert discovery["names"] == ["lamini"] and discovery["type"] == "A"
+    assert discovery["names"] == ["lamini"]
+    assert discovery["type"] == "A"
     assert str(discovery["port"]) == compose["services"]["lamini"]["environment"]["LAMINI_PORT"]
     assert job["metrics_path"] == "/metrics"
 
@@ -259,10 +265,8 @@ def test_compose_grafana_provisions_the_dashboard_from_prometheus(
         "datasources"
     ]
     assert source["type"] == "prometheus"
-    assert (
-        source["url"] == "http://prometheus:9090"
-        and "9090" in compose["services"]["prometheus"]["ports"][0]
-    )
+    assert source["url"] == "http://prometheus:9090"
+    assert "9090" in compose["services"]["prometheus"]["ports"][0]
 
 
 @pytest.mark.parametrize(
@@ -315,14 +319,16 @@ def test_rules_use_only_series_the_service_exposes() -> None:
     exposed = service_series_names()
     text = (PROMETHEUS_CONFIG.parent / "rules" / "lamini.yml").read_text()
     used = set(_METRIC_NAME.findall(text))
-    assert used and used <= exposed, used - exposed
+    assert used, used - exposed
+    assert used <= exposed, used - exposed
 
 
 def test_nginx_accepts_the_rendered_template(tmp_path: Path) -> None:
     include = render_nginx_include(["127.0.0.1:18001", "127.0.0.1:18002"], 18000, tmp_path / "a")
     rendered = include.read_text()
     assert "server 127.0.0.1:18001 max_fails=" in rendered
-    assert "server 127.0.0.1:18002 max_fails=" in rendered and "listen 18000;" in rendered
+    assert "server 127.0.0.1:18002 max_fails=" in rendered
+    assert "listen 18000;" in rendered
     assert "${" not in rendered, "every template variable is filled in"
     result = check_nginx_config(tmp_path, write_nginx_main_config(tmp_path, include))
     assert result.returncode == 0, result.stderr

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.deploy import (
+
+from tests.support.deploy import (
     REPO_ROOT,
     answers_ok,
     convert_like_compose,
@@ -22,8 +23,8 @@ from support.deploy import (
     running,
     start_child,
 )
-from support.dockerfile import parse_dockerfile
-from support.server import free_port
+from tests.support.dockerfile import parse_dockerfile
+from tests.support.server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +103,8 @@ def test_runtime_dependency_set_has_no_conversion_stack(runtime_venv: Path, modu
         capture_output=True,
         text=True,
     )
-    assert probe.returncode != 0 and "ModuleNotFoundError" in probe.stderr
+    assert probe.returncode != 0
+    assert "ModuleNotFoundError" in probe.stderr
 
 
 def test_runtime_serves_a_ctranslate2_entry_without_torch(runtime_server: str) -> None:

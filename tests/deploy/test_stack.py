@@ -23,7 +23,9 @@ import pytest
 import yaml
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
-from support.deploy import (
+from text_generation import Client as TextGenerationClient
+
+from tests.support.deploy import (
     DASHBOARD,
     REPLICA_JOB,
     Child,
@@ -41,9 +43,8 @@ from support.deploy import (
     wait_until,
     write_nginx_main_config,
 )
-from support.dockerfile import parse_dockerfile
-from support.server import RunningServer, free_port
-from text_generation import Client as TextGenerationClient
+from tests.support.dockerfile import parse_dockerfile
+from tests.support.server import RunningServer, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -153,7 +154,8 @@ def stream(url: str) -> tuple[str, list[str], str]:
         assert response.status_code == 200, response.read()
         events = list(sse_events(response))
         content_type = response.headers["content-type"]
-    assert events and events[-1]["generated_text"] is not None, events
+    assert events, events
+    assert events[-1]["generated_text"] is not None, events
     return content_type, [event["token"]["text"] for event in events], events[-1]["generated_text"]
 
 
@@ -170,7 +172,8 @@ def test_requests_through_nginx_reach_every_replica(stack: Stack) -> None:
     served = [
         replica.generate_count() - b for replica, b in zip(stack.replicas, before, strict=True)
     ]
-    assert sum(served) == 9 and min(served) >= 1, f"requests per replica: {served}"
+    assert sum(served) == 9, f"requests per replica: {served}"
+    assert min(served) >= 1, f"requests per replica: {served}"
 
 
 def test_streaming_passes_through_nginx_token_by_token(stack: Stack) -> None:
@@ -186,7 +189,8 @@ def test_third_party_clients_work_through_nginx(stack: Stack) -> None:
     tgi = TextGenerationClient(stack.lb_url, timeout=60)
     assert tgi.generate("What is an apple?", max_new_tokens=6).generated_text
     streamed = list(tgi.generate_stream("What is an apple?", max_new_tokens=6))
-    assert len(streamed) > 1 and streamed[-1].generated_text is not None
+    assert len(streamed) > 1
+    assert streamed[-1].generated_text is not None
     openai = OpenAI(base_url=f"{stack.lb_url}/v1", api_key="unused", timeout=60)
     messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Name a fruit."}]
     chunks = list(
@@ -202,9 +206,11 @@ def test_errors_through_nginx_are_json(stack: Stack) -> None:
     invalid = httpx.post(
         f"{stack.lb_url}/generate", json={"inputs": "hi", "parameters": {"top_p": 7}}, timeout=10
     )
-    assert invalid.status_code == 422 and invalid.json()["error_type"] == "validation"
+    assert invalid.status_code == 422
+    assert invalid.json()["error_type"] == "validation"
     too_large = httpx.post(f"{stack.lb_url}/generate", content=b"x" * 2_000_000, timeout=10)
-    assert too_large.status_code == 413 and "error" in too_large.json()
+    assert too_large.status_code == 413
+    assert "error" in too_large.json()
     # A body nginx accepts but larger than its default buffers reaches the replica intact.
     long_prompt = {"inputs": "word " * 150_000, "parameters": {"max_new_tokens": 4}}
     long = httpx.post(f"{stack.lb_url}/generate", json=long_prompt, timeout=60)

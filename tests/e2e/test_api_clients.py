@@ -7,9 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 from huggingface_hub import InferenceClient
-from support.server import RunningServer, running_server
 from text_generation import Client
 from text_generation.errors import ValidationError
+
+from tests.support.server import RunningServer, running_server
 
 MODEL = "twin:MBZUAI/LaMini-Flan-T5-77M@tiny"
 PROMPT = "Give three tips for staying healthy."

@@ -8,7 +8,8 @@ import json
 
 import httpx
 import pytest
-from support.server import running_server
+
+from tests.support.server import running_server
 
 MODELS = ["twin:MBZUAI/LaMini-Flan-T5-77M@tiny", "twin:MBZUAI/LaMini-GPT-124M@tiny"]
 

@@ -6,7 +6,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from support.server import HISTOGRAMS, RunningServer, running_server
+
+from tests.support.server import HISTOGRAMS, RunningServer, running_server
 
 T5 = "twin:MBZUAI/LaMini-Flan-T5-77M@tiny"
 GPT = "twin:MBZUAI/LaMini-GPT-124M@tiny"
@@ -43,7 +44,8 @@ def test_health_ready_and_info(server: RunningServer) -> None:
     assert info["model_family"] == "lamini-flan-t5"
     assert info["engine"] == "transformers"
     assert info["quantization"] == "float32"
-    assert info["max_input_tokens"] > 0 and info["max_total_tokens"] > info["max_input_tokens"]
+    assert info["max_input_tokens"] > 0
+    assert info["max_total_tokens"] > info["max_input_tokens"]
     assert info["version"]
     assert [m["model_id"] for m in info["models"]] == [T5, GPT]
     assert server.get("/info", params={"model": GPT}).json()["model_family"] == "lamini-gpt"
@@ -122,7 +124,8 @@ def test_model_is_chosen_by_query_or_body_and_unknown_is_404(server: RunningServ
     unknown = server.post("/generate", json={"inputs": "Hi", "model": "nope"})
     assert unknown.status_code == 404
     assert unknown.json()["error_type"] == "not_found"
-    assert T5 in unknown.json()["error"] and GPT in unknown.json()["error"]
+    assert T5 in unknown.json()["error"]
+    assert GPT in unknown.json()["error"]
 
 
 def test_prompt_format_is_applied_unless_raw_prompt(server: RunningServer) -> None:

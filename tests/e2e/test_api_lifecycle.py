@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from support.server import DEFAULT_TEST_ENV, RunningServer, running_server
+
+from tests.support.server import DEFAULT_TEST_ENV, RunningServer, running_server
 
 MODEL = "twin:MBZUAI/LaMini-GPT-124M@tiny"
 SLOW_QUEUE = ["--max-batch-wait-ms", "1500", "--batch-quiet-ms", "1500", "--max-batch-size", "64"]

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from support.server import HISTOGRAMS, RunningServer, running_server
 
 from app.engines.base import EngineRequest, SamplingParams
 from app.settings import Settings
 from model_store.resolver import load_model
+from tests.support.server import HISTOGRAMS, RunningServer, running_server
 
 MODEL = "twin:MBZUAI/LaMini-GPT-124M@tiny"
 PROMPTS = ["Name a colour.", "Say hi.", "Write a haiku about the sea.", "Count to three."]

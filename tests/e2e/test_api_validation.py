@@ -6,7 +6,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from support.server import RunningServer, running_server
+
+from tests.support.server import RunningServer, running_server
 
 MODEL = "twin:MBZUAI/LaMini-Flan-T5-77M@tiny"
 LONG_INPUT = "word " * 700  # more than the 512 input tokens of a T5 model

@@ -13,11 +13,11 @@ import openai
 import pytest
 import text_generation
 import text_generation.errors
-from support.openai_client import FLAN, FLAN_HUB_ID, openai_client
-from support.server import REPO_ROOT, RunningServer, running_server
 
 from app.core.errors import AccessConfigError
 from app.http.auth import ApiKeyRing, bearer_token, read_digest_file
+from tests.support.openai_client import FLAN, FLAN_HUB_ID, openai_client
+from tests.support.server import REPO_ROOT, RunningServer, running_server
 
 PLAIN_KEYS = ("alpha-key-1f2e", "beta-key-9c8d")
 HASHED_KEY = "gamma-key-from-file-77"

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 from openai import AsyncOpenAI, OpenAI
-from support.openai_client import (
+
+from app.core.chat import ChatTurn, chat_to_instruction
+from app.core.families import get_family
+from tests.support.openai_client import (
     FLAN,
     FLAN_HUB_ID,
     GPT,
@@ -17,10 +20,7 @@ from support.openai_client import (
     openai_client,
     prompt_token_count,
 )
-from support.server import RunningServer, running_server
-
-from app.core.chat import ChatTurn, chat_to_instruction
-from app.core.families import get_family
+from tests.support.server import RunningServer, running_server
 
 INSTRUCTION = "Write a short poem about the sea."
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 from openai import OpenAI
-from support.openai_client import FLAN, FLAN_HUB_ID, openai_client
-from support.server import RunningServer, running_server
+
+from tests.support.openai_client import FLAN, FLAN_HUB_ID, openai_client
+from tests.support.server import RunningServer, running_server
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,9 @@ import httpx
 import openai
 import pytest
 from openai import OpenAI
-from support.openai_client import FLAN, FLAN_HUB_ID, openai_client
-from support.server import RunningServer, running_server
+
+from tests.support.openai_client import FLAN, FLAN_HUB_ID, openai_client
+from tests.support.server import RunningServer, running_server
 
 USER_MESSAGE = [{"role": "user", "content": "Hello"}]
 CHAT_BODY = {"model": FLAN, "messages": USER_MESSAGE, "max_tokens": 2}

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 from openai import OpenAI
-from support.openai_client import openai_client, prompt_token_count
-from support.server import running_server
-from support.twins import FAMILY_TWINS
 
 from app.core.chat import ChatTurn, chat_to_instruction
 from app.core.families import get_family
+from tests.support.openai_client import openai_client, prompt_token_count
+from tests.support.server import running_server
+from tests.support.twins import FAMILY_TWINS
 
 pytestmark = pytest.mark.slow
 

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.instructions import INSTRUCTIONS
-from support.twins import FAMILY_TWINS
 
-from app.core.families import EngineKind, get_family
+from app.core.engine_kinds import EngineKind
+from app.core.families import get_family
 from app.engines.base import EngineRequest, FinishReason, Generation, SamplingParams
 from app.engines.stepwise.engine import ContinuousEngine
 from app.engines.transformers_engine import TransformersEngine
+from tests.support.instructions import INSTRUCTIONS
+from tests.support.twins import FAMILY_TWINS
 
 GREEDY = SamplingParams()
 PROMPTS = (

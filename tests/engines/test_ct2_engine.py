@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support.twins import FAMILY_TWINS
 
-from app.core.families import EngineKind, get_family
+from app.core.engine_kinds import EngineKind
+from app.core.families import get_family
 from app.engines.base import (
     Engine,
     EngineRequest,
@@ -36,6 +36,7 @@ from app.engines.transformers_engine import TransformersEngine
 from app.settings import Settings
 from model_store.resolver import ensure_converted, open_engine
 from model_store.sources import ModelSource, resolve_source
+from tests.support.twins import FAMILY_TWINS
 
 GREEDY = SamplingParams()
 FAMILIES = ("lamini-gpt", "lamini-flan-t5")
@@ -87,7 +88,8 @@ def test_one_token_prompt_in_a_mixed_batch_matches_transformers(engines: Callabl
     reference = engines("lamini-gpt", EngineKind.TRANSFORMERS)
     one_token = ct2.encode("Hello")
     longer = ct2.encode("The quick brown fox jumps over the lazy dog")
-    assert len(one_token) == 1 and len(longer) > 2
+    assert len(one_token) == 1
+    assert len(longer) > 2
 
     batched = [g.token_ids for g in _run(ct2, [one_token, longer, one_token])]
     singles = [_run(ct2, [p])[0].token_ids for p in (one_token, longer, one_token)]
@@ -148,7 +150,8 @@ def test_a_stop_sequence_ends_only_its_row(
     )
 
     assert stopped.finish_reason is FinishReason.STOP_SEQUENCE
-    assert stopped.stop_sequence == stop and stopped.text.endswith(stop)
+    assert stopped.stop_sequence == stop
+    assert stopped.text.endswith(stop)
     assert len(stopped.tokens) <= 4
     assert untouched.token_ids == full.token_ids
 
@@ -192,7 +195,8 @@ def test_a_cancelled_row_stops_while_the_others_finish(kind: EngineKind, engines
 
     assert cancelled.finish_reason is FinishReason.CANCELLED
     assert len(cancelled.tokens) == 2
-    assert kept.finish_reason is FinishReason.LENGTH and len(kept.tokens) == 8
+    assert kept.finish_reason is FinishReason.LENGTH
+    assert len(kept.tokens) == 8
 
 
 @pytest.mark.parametrize("kind", ENGINES)
@@ -289,7 +293,8 @@ def test_eos_finishes_a_row_unless_min_new_tokens_forbids_it(
     held = _run(engine, [prompt], SamplingParams(min_new_tokens=4))[0]
 
     assert ended.finish_reason is FinishReason.EOS
-    assert len(ended.tokens) == 2 and ended.tokens[-1].special
+    assert len(ended.tokens) == 2
+    assert ended.tokens[-1].special
     assert ended.tokens[-1].id == engine.tokenizer.eos_token_id
     assert len(held.tokens) >= 4
     assert engine.tokenizer.eos_token_id not in held.token_ids[:4]

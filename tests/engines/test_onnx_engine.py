@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.twins import FAMILY_TWINS
 
-from app.core.families import EngineKind
+from app.core.engine_kinds import EngineKind
 from app.engines.base import EngineRequest, GeneratedToken, SamplingParams
 from app.engines.onnx_engine import GROUP_SIZE, OnnxEngine
 from app.settings import Settings
 from model_store.resolver import ensure_converted, open_engine
 from model_store.sources import resolve_source
+from tests.support.twins import FAMILY_TWINS
 
 NEW_TOKENS = 4
 

@@ -15,16 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support.instructions import INSTRUCTIONS
-from support.twins import FAMILY_TWINS
 
-from app.core.families import EngineKind, get_family
+from app.core.engine_kinds import EngineKind
+from app.core.families import get_family
 from app.engines.base import Engine
 from app.engines.transformers_engine import TransformersEngine
 from app.settings import Settings
 from conversion.parity import ParityReport, greedy_tokens
 from model_store.resolver import ensure_converted, open_engine
 from model_store.sources import ModelSource, resolve_source
+from tests.support.instructions import INSTRUCTIONS
+from tests.support.twins import FAMILY_TWINS
 
 INT8_MIN_FIRST_TOKEN_AGREEMENT = 0.25
 MAX_NEW_TOKENS = 8

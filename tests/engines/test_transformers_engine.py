@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.twins import FAMILY_TWINS
 from transformers import AutoModelForSeq2SeqLM
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import ModelSourceError
-from app.core.families import EngineKind, family_for_hub_id, get_family
+from app.core.families import family_for_hub_id, get_family
 from app.engines.base import EngineRequest, FinishReason, GeneratedToken, SamplingParams
 from app.engines.transformers_engine import TransformersEngine
+from tests.support.twins import FAMILY_TWINS
 
 GREEDY = SamplingParams()
 PROMPTS = ("Hello world", "Write a short poem about the sea, the sky and the wind, please.")
@@ -80,7 +81,8 @@ def test_opt_prompt_starts_with_the_bos_token_once(engine_for) -> None:
 
     ids = _prompt_ids(engine, "Hello world")
 
-    assert ids[0] == 2 and ids.count(2) == 1
+    assert ids[0] == 2
+    assert ids.count(2) == 1
     assert engine.tokenizer.decode(ids[1:]) == "Hello world"
 
 
@@ -122,7 +124,8 @@ def test_stop_sequence_ends_the_row_and_keeps_the_stop_text(engine_for, family_n
 
     assert stopped.finish_reason is FinishReason.STOP_SEQUENCE
     assert stopped.stop_sequence == stop
-    assert stopped.text.endswith(stop) and free.text.startswith(stopped.text)
+    assert stopped.text.endswith(stop)
+    assert free.text.startswith(stopped.text)
     assert len(stopped.tokens) < len(free.tokens)
 
 
@@ -273,7 +276,8 @@ def test_eos_token_finishes_with_eos_reason(eager_eos_checkpoint: Path) -> None:
 
     assert generation.finish_reason is FinishReason.EOS
     assert generation.token_ids == [1]
-    assert generation.tokens[0].special and generation.text == ""
+    assert generation.tokens[0].special
+    assert generation.text == ""
 
 
 def test_min_new_tokens_suppresses_early_eos(eager_eos_checkpoint: Path) -> None:

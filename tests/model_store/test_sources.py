@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import EngineUnavailableError, ModelSourceError
-from app.core.families import EngineKind, get_family
+from app.core.families import get_family
 from app.engines.transformers_engine import TransformersEngine
 from app.settings import Settings
 from model_store.resolver import choose_engine, load_model
@@ -26,7 +27,8 @@ def test_load_model_opens_a_twin_on_the_transformers_engine(twin_cache_dir: Path
     assert isinstance(loaded.engine, TransformersEngine)
     assert loaded.source.family.name == "lamini-flan-t5"
     assert loaded.engine.info.kind is EngineKind.TRANSFORMERS
-    assert loaded.load_seconds > 0 and loaded.convert_seconds is None
+    assert loaded.load_seconds > 0
+    assert loaded.convert_seconds is None
 
 
 def test_auto_engine_is_the_family_preferred_one() -> None:

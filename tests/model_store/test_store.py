@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import StoreEntryError
-from app.core.families import EngineKind
 from model_store.store import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
@@ -79,7 +79,8 @@ def test_manifest_describes_source_engine_and_every_file(tmp_path: Path) -> None
     )
     assert (raw["engine"], raw["quantization"]) == ("ct2", "int8")
     assert "ctranslate2" in raw["library_versions"]
-    assert raw["conversion_seconds"] >= 0 and raw["created_at"]
+    assert raw["conversion_seconds"] >= 0
+    assert raw["created_at"]
     files = {record["path"]: record for record in raw["files"]}
     assert set(files) == {"model.bin", "tokenizer/vocab.json"}
     assert files["model.bin"]["sha256"] == sha256_file(entry.path / "model.bin")
@@ -92,7 +93,8 @@ def test_force_rebuilds_a_valid_entry(tmp_path: Path) -> None:
 
     outcome = store.ensure(KEY, "lamini-gpt", build, force=True)
 
-    assert outcome.built and build.calls == 2
+    assert outcome.built
+    assert build.calls == 2
     assert published_entries(tmp_path) == [store.entry_dir(KEY)]
 
 
@@ -138,7 +140,8 @@ def test_a_damaged_entry_is_reported_clearly_and_rebuilt(
         store.open(KEY)
     outcome = store.ensure(KEY, "lamini-gpt", build)
 
-    assert outcome.built and build.calls == 2
+    assert outcome.built
+    assert build.calls == 2
     assert problem in (outcome.replaced_problem or "")
     assert store.open(KEY).manifest.files  # valid again
 
@@ -187,7 +190,7 @@ _KILLABLE_CONVERSION = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from app.core.families import EngineKind
+    from app.core.engine_kinds import EngineKind
     from conversion.ctranslate2 import convert_to_ctranslate2
     from conversion.publish import entry_key
     from model_store.sources import resolve_source

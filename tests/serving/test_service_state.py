@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
-from app.server import ServiceState
 from app.serving.errors import ModelNotFoundError, UnavailableError
 from app.serving.metrics import Metrics
+from app.serving.state import ServiceState
 from app.settings import Settings
 
 T5 = "twin:MBZUAI/LaMini-Flan-T5-77M@tiny"
@@ -31,7 +31,8 @@ def test_not_ready_until_every_model_is_loaded_and_not_while_draining() -> None:
     fatal: list[bool] = []
     asyncio.run(state.load_all(lambda: fatal.append(True)))
     try:
-        assert state.ready and not fatal
+        assert state.ready
+        assert not fatal
         assert state.model(None).name == T5
         assert state.model(GPT).family.name == "lamini-gpt"
 

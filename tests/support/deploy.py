@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import yaml
 
-from support.dockerfile import parse_dockerfile
+from tests.support.dockerfile import parse_dockerfile
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_DIR = REPO_ROOT / "deploy"

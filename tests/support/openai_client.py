@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 
 from app.core.families import Family
 from app.engines.base import encode_prompt
-from support.server import RunningServer
+from tests.support.server import RunningServer
 
 # Two families with different prompt formats: raw instruction (T5) and Alpaca (GPT-2).
 FLAN_HUB_ID = "MBZUAI/LaMini-Flan-T5-77M"

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-from app.core.families import EngineKind, Family
+from app.core.engine_kinds import EngineKind
+from app.core.families import Family
 from app.engines.base import (
     Engine,
     EngineInfo,
