@@ -141,19 +141,28 @@ class ContinuousEngine(Engine):
             seen[torch.arange(len(trackers)), tokens] = True
             rows.next_ids = tokens
             keep = self._push(trackers, tokens, logprobs)
-            if not keep:
-                return
-            index = torch.tensor(keep, dtype=torch.long)
-            if len(keep) < len(trackers):
-                rows = self._stepper.keep(rows, index)
-            joining = [trackers[i] for i in keep]
-            self._trackers += joining
-            self._sampler = BatchSampler(
-                [*self._sampler.rows, *(samplings[i] for i in keep)], sorted(self.eos_token_ids)
-            )
-            self._seen = torch.cat([self._seen, seen[index]])
-            self._generated = torch.cat([self._generated, generated[index] + 1])
-            self._rows = rows if self._rows is None else self._stepper.join(self._rows, rows)
+            if keep:
+                self._join(rows, trackers, samplings, seen, keep)
+
+    def _join(
+        self,
+        rows: Any,
+        trackers: Sequence[SequenceTracker],
+        samplings: Sequence[RowSampling],
+        seen: torch.Tensor,
+        keep: list[int],
+    ) -> None:
+        """Stack the prefilled rows `keep` under the running ones (they hold one token each)."""
+        index = torch.tensor(keep, dtype=torch.long)
+        if len(keep) < len(trackers):
+            rows = self._stepper.keep(rows, index)
+        self._trackers += [trackers[i] for i in keep]
+        self._sampler = BatchSampler(
+            [*self._sampler.rows, *(samplings[i] for i in keep)], sorted(self.eos_token_ids)
+        )
+        self._seen = torch.cat([self._seen, seen[index]])
+        self._generated = torch.cat([self._generated, torch.ones(len(keep), dtype=torch.long)])
+        self._rows = rows if self._rows is None else self._stepper.join(self._rows, rows)
 
     def step(self) -> int:
         """Drop cancelled rows, then decode one token for every running row; returns how
