@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         default_factory=lambda: _default_cache_root() / "store",
         description="Model store: converted engines, one entry per model/engine/quantisation.",
     )
+    convert: Literal["auto", "never"] = Field(
+        default="auto",
+        description="auto: a model with no store entry is converted on first use (needs the "
+        "convert extra); never: only existing entries are opened and nothing is written to the "
+        "store - a missing entry is a startup error (replicas sharing a read-only store that a "
+        "convert Job filled).",
+    )
     twin_cache_dir: Path = Field(
         default_factory=lambda: _default_cache_root() / "twins",
         description="Where twin:<hub id> checkpoints are built once and reused.",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.core.engine_kinds import EngineKind
-from app.core.errors import EngineUnavailableError
+from app.core.errors import EngineUnavailableError, StoreEntryError
 from app.core.families import Family
 from app.engines.base import Engine
 from app.settings import Settings
@@ -132,6 +132,22 @@ def ensure_converted(
     return outcome
 
 
+def open_converted(source: ModelSource, kind: EngineKind, settings: Settings) -> BuildOutcome:
+    """The store entry of `source` for `kind` when it exists; never converts, locks or writes,
+    so it works on a read-only store (`LAMINI_CONVERT=never`)."""
+    from conversion.publish import entry_key
+
+    key = entry_key(source, kind, quantization_for(kind, settings))
+    try:
+        return BuildOutcome(ModelStore(settings.store_dir).open(key), built=False)
+    except StoreEntryError as exc:
+        raise StoreEntryError(
+            f"{exc}; this server does not convert (LAMINI_CONVERT=never): run "
+            f"`lamini-serve convert {source.name}` with the same LAMINI_ENGINE and "
+            f"LAMINI_QUANTIZATION into {settings.store_dir} first (the convert Job)"
+        ) from None
+
+
 def load_model(name: str, settings: Settings) -> LoadedModel:
     """Resolve `name` (hub id, directory or twin:) and open it on the configured engine."""
     started = time.perf_counter()
@@ -145,7 +161,10 @@ def load_model(name: str, settings: Settings) -> LoadedModel:
                 "use --backend ct2 or onnx for quantized models"
             )
     elif kind is not EngineKind.CONTINUOUS:  # that one runs the checkpoint as it is
-        outcome = ensure_converted(source, kind, settings)
+        if settings.convert == "never":
+            outcome = open_converted(source, kind, settings)
+        else:
+            outcome = ensure_converted(source, kind, settings)
         model_dir = outcome.entry.path
         convert_seconds = outcome.entry.manifest.conversion_seconds if outcome.built else None
     engine = open_engine(kind, model_dir, source.family, settings)

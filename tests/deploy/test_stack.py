@@ -1,19 +1,23 @@
 """The compose stack, run for real without Docker: replicas started with the runtime image's
 command and environment, nginx from deploy/'s template, Prometheus from deploy/'s scrape config
-and rules (replica addresses and ports substituted, see deploy_support)."""
+and rules (replica addresses and ports substituted, see support.deploy). Then the Kubernetes
+Deployment of deploy/kubernetes, rolled out the way its strategy says behind the same nginx:
+its convert Job fills a store that its replicas mount read-only (see support.kubernetes)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +36,7 @@ from tests.support.deploy import (
     PrometheusAPI,
     answers_at_all,
     answers_ok,
+    check_nginx_config,
     convert_like_compose,
     nginx_command,
     prometheus_config_for,
@@ -44,6 +49,19 @@ from tests.support.deploy import (
     write_nginx_main_config,
 )
 from tests.support.dockerfile import parse_dockerfile
+from tests.support.kubernetes import (
+    KUBERNETES_DIR,
+    Manifest,
+    adapter_rules,
+    container_process,
+    find,
+    keda_trigger,
+    only_container,
+    read_only_view,
+    render,
+    render_overlay,
+    series_name,
+)
 from tests.support.server import RunningServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -280,20 +298,45 @@ def test_recording_rules_and_dashboard_queries_run_on_prometheus(stack: Stack) -
     assert set(empty) <= {"Rejected and cancelled requests"}, empty
 
 
+def test_the_autoscalers_queries_run_on_prometheus(stack: Stack) -> None:
+    """deploy/kubernetes' prometheus-adapter rule, expanded as the adapter expands it (its pod
+    matchers and grouping swapped for this stack's replica job and instances), gives one value
+    per replica; KEDA's query is valid PromQL (no pod labels here, so no series)."""
+    for _ in range(len(stack.replicas)):
+        assert generate(stack.lb_url).status_code == 200
+    (rule,) = adapter_rules(render(KUBERNETES_DIR / "monitoring"))
+    query = (
+        rule["metricsQuery"]
+        .replace("<<.Series>>", series_name(rule["seriesQuery"]))
+        .replace("<<.LabelMatchers>>", f'job="{REPLICA_JOB}"')
+        .replace("<<.GroupBy>>", "instance")
+    )
+    expected = {replica.address for replica in stack.replicas}
+
+    def one_value_per_replica() -> bool:
+        return {s["metric"]["instance"] for s in stack.prometheus.query(query)} == expected
+
+    wait_until(one_value_per_replica, 30, f"{query} for every replica")
+    keda_query = keda_trigger(render_overlay("cpu-keda"))["metadata"]["query"]
+    assert stack.prometheus.query(keda_query) == []
+
+
 Outcome = tuple[bool, int | str]  # (sent after the replica was gone, status or exception)
 
 
-def outcomes_around(stack: Stack, take_down: Callable[[], None]) -> list[Outcome]:
+def outcomes_around(
+    lb_url: str, take_down: Callable[[], None], headers: Mapping[str, str] | None = None
+) -> list[Outcome]:
     """Four clients send /generate through nginx in a loop; `take_down` runs in the middle."""
     outcomes: list[Outcome] = []
     stop_traffic, replica_gone = threading.Event(), threading.Event()
 
     def client_loop() -> None:
-        with httpx.Client() as client:
+        with httpx.Client(headers=headers) as client:
             while not stop_traffic.is_set():
                 gone = replica_gone.is_set()
                 try:
-                    status: int | str = generate(stack.lb_url, client).status_code
+                    status: int | str = generate(lb_url, client).status_code
                 except httpx.HTTPError as exc:
                     status = type(exc).__name__
                 outcomes.append((gone, status))
@@ -334,7 +377,7 @@ def test_a_replica_crashing_mid_run_loses_no_request(stack: Stack) -> None:
         served.append(victim.generate_count())
         victim.child.stop(signal.SIGKILL)
 
-    outcomes = outcomes_around(stack, crash)
+    outcomes = outcomes_around(stack.lb_url, crash)
     assert served[0] > 0, "the crashed replica was taking traffic"
     assert_nothing_lost(stack, victim, outcomes)
 
@@ -350,7 +393,7 @@ def test_stopping_a_replica_mid_run_loses_no_request(stack: Stack) -> None:
         served.append(victim.generate_count())
         exit_codes.append(victim.child.stop(signal.SIGTERM, timeout_s=40))
 
-    outcomes = outcomes_around(stack, stop)
+    outcomes = outcomes_around(stack.lb_url, stop)
     assert served[0] > 0, "the stopped replica was taking traffic"
     assert exit_codes == [0], f"the replica did not drain cleanly:\n{victim.child.output()}"
     assert_nothing_lost(stack, victim, outcomes)
@@ -365,3 +408,143 @@ def test_nginx_answers_json_when_no_replica_is_left(tmp_path: Path) -> None:
     assert answer.status_code == 503
     assert answer.headers["content-type"] == "application/json"
     assert answer.json()["error_type"] == "unavailable"
+
+
+# --- the Kubernetes Deployment, rolled out behind nginx --------------------------------------
+
+API_KEY = "rolling-update-key"
+# The preStop sleep gives endpoints time to drop a pod; here nginx is reloaded before it starts,
+# so a shortened sleep plays the same part without making the test 10 s longer per pod.
+PRESTOP_S = 1.0
+
+
+# The hub is out of reach: the models the ConfigMap names are seeded into the Hugging Face cache
+# on the volume, as the convert Job's download would leave them, from their tiny twins' files.
+SEEDED_REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def seed_hf_cache(hf_home: Path, hub_id: str, checkpoint: Path) -> None:
+    repo = hf_home / "hub" / f"models--{hub_id.replace('/', '--')}"
+    shutil.copytree(checkpoint, repo / "snapshots" / SEEDED_REVISION)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(SEEDED_REVISION)
+
+
+@dataclass
+class Cluster:
+    """The Deployment's pods as local processes behind nginx, which plays the Service."""
+
+    objects: list[Manifest]
+    mounts: dict[str, Path]
+    workdir: Path
+    nginx_include: Path
+    lb_url: str
+    pods: list[Replica]  # ready and not terminating: the Service's endpoints
+    started: list[Replica]
+
+    @property
+    def deployment(self) -> Manifest:
+        return find(self.objects, "Deployment", "lamini-serve")
+
+    def start_pod(self, index: int) -> Replica:
+        port = free_port()
+        overrides = {"LAMINI_HOST": "127.0.0.1", "LAMINI_PORT": str(port)}
+        command, env = container_process(self.objects, self.deployment, self.mounts, overrides)
+        log = self.workdir / f"pod-{index}.log"
+        pod = Replica(start_child(f"pod {index}", command, log, env), port)
+        self.started.append(pod)
+        return pod
+
+    def wait_ready(self, pod: Replica) -> None:
+        """The readiness probe, as the kubelet runs it, until it passes."""
+        probe = only_container(self.deployment)["readinessProbe"]["httpGet"]["path"]
+        wait_until(
+            lambda: answers_ok(pod.url + probe) or pod.child.process.poll() is not None,
+            STARTUP_TIMEOUT_S,
+            f"{pod.child.name} to be ready",
+        )
+        assert pod.child.process.poll() is None, pod.child.output()
+
+    def route_to_ready_pods(self) -> None:
+        """What the endpoints controller and the ingress do: the balancer's upstreams are the
+        pods that are ready and not terminating."""
+        port = int(self.lb_url.rsplit(":", 1)[1])
+        render_nginx_include([pod.address for pod in self.pods], port, self.nginx_include)
+        prefix = self.nginx_include.parent
+        config = prefix / "nginx.conf"
+        assert check_nginx_config(prefix, config).returncode == 0
+        reload = nginx_command(prefix, config, "-s", "reload")
+        assert subprocess.run(reload, capture_output=True, check=False).returncode == 0
+        time.sleep(0.5)  # the new workers take over; old ones finish what they proxy
+
+    def terminate(self, pod: Replica) -> int:
+        """Pod deletion: out of the endpoints, the preStop sleep, SIGTERM, the drain."""
+        spec = self.deployment["spec"]["template"]["spec"]
+        self.pods.remove(pod)
+        self.route_to_ready_pods()
+        time.sleep(PRESTOP_S)
+        pod.child.process.send_signal(signal.SIGTERM)  # once, as the kubelet sends it
+        assert not answers_ok(f"{pod.url}/ready"), "readiness goes off at SIGTERM"
+        return pod.child.process.wait(timeout=spec["terminationGracePeriodSeconds"])
+
+
+@pytest.fixture
+def cluster(tiny_twin, tmp_path: Path) -> Iterator[Cluster]:
+    """The cpu overlay as rendered (its ConfigMap's model included): its convert Job run once
+    into the volume, then as many pods as the autoscaler keeps at rest, each mounting the volume
+    read-only, behind nginx."""
+    objects = render_overlay("cpu")
+    volume, keys = tmp_path / "volume", tmp_path / "api-keys"
+    volume.mkdir()
+    keys.mkdir()
+    digest = hashlib.sha256(API_KEY.encode()).hexdigest()
+    (keys / "keys.sha256").write_text(f"{digest}\n")
+    job_mounts = {"/data": volume, "/tmp": tmp_path / "job-tmp"}
+    offline = {"HF_HUB_OFFLINE": "1"}
+    command, env = container_process(objects, find(objects, "Job"), job_mounts, offline)
+    for hub_id in env["LAMINI_MODELS"].split(","):
+        seed_hf_cache(Path(env["HF_HOME"]), hub_id, tiny_twin(hub_id))
+    job = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert job.returncode == 0, job.stderr
+    with ExitStack() as stack:
+        view = stack.enter_context(read_only_view(volume, tmp_path / "read-only-volume"))
+        with pytest.raises(OSError, match="Read-only file system"):
+            (view / "store" / "written-by-a-pod").write_text("")
+        mounts = {"/data": view, "/etc/lamini/api-keys": keys, "/tmp": tmp_path / "pod-tmp"}
+        nginx, lb_url = start_nginx([f"127.0.0.1:{free_port()}"], tmp_path / "nginx")
+        stack.enter_context(running(nginx, lambda: answers_at_all(lb_url), 30))
+        include = tmp_path / "nginx" / "lamini.conf"
+        cluster = Cluster(objects, mounts, tmp_path, include, lb_url, [], [])
+        stack.callback(lambda: [pod.child.stop() for pod in cluster.started])
+        at_rest = find(objects, "HorizontalPodAutoscaler")["spec"]["minReplicas"]
+        for index in range(at_rest):
+            cluster.pods.append(cluster.start_pod(index))
+        for pod in cluster.pods:
+            cluster.wait_ready(pod)
+        cluster.route_to_ready_pods()
+        yield cluster
+
+
+def test_a_rolling_update_of_the_deployment_loses_no_request(cluster: Cluster) -> None:
+    """maxSurge 1 / maxUnavailable 0 under load: a new pod is started and becomes ready, then an
+    old one leaves the endpoints, sleeps through preStop and drains on SIGTERM - pod by pod,
+    through every pod - and every request answers 200."""
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    assert httpx.post(f"{cluster.lb_url}/generate", json=REQUEST, timeout=30).status_code == 401
+    old_pods, served_before, exit_codes = list(cluster.pods), [], []
+
+    def roll_out() -> None:
+        for index, old in enumerate(old_pods, start=len(old_pods)):
+            new = cluster.start_pod(index)
+            cluster.wait_ready(new)
+            cluster.pods.append(new)
+            cluster.route_to_ready_pods()
+            served_before.append(old.generate_count())
+            exit_codes.append(cluster.terminate(old))
+
+    outcomes = outcomes_around(cluster.lb_url, roll_out, auth)
+    assert {status for _, status in outcomes} == {200}, Counter(outcomes)
+    assert (True, 200) in outcomes, "the new pods answer once the old ones are gone"
+    assert exit_codes == [0] * len(old_pods), [pod.child.output() for pod in old_pods]
+    assert min(served_before) > 0, "every old pod took traffic until it was replaced"
+    assert all(pod.generate_count() > 0 for pod in cluster.pods), "the new pods take it now"
