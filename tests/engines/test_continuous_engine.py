@@ -183,3 +183,21 @@ def test_info_and_cache_accounting(engines) -> None:
     assert held == len(request.prompt_ids) * per_token
     assert peak == (len(request.prompt_ids) + 6) * per_token
     assert engine.cache_bytes() == 0
+
+
+@pytest.mark.parametrize(
+    "narrow",
+    [
+        SamplingParams(do_sample=True, top_k=1, seed=1),
+        SamplingParams(do_sample=True, top_p=1e-6, temperature=0.7, seed=2),
+    ],
+    ids=["top_k=1", "tiny top_p"],
+)
+def test_sampling_cut_to_one_token_is_greedy(engines, narrow: SamplingParams) -> None:
+    engine, _ = engines("lamini-gpt")
+    requests = [_request(engine, p, 6) for p in PROMPTS[:3]]
+    greedy = [g.token_ids for g in engine.generate(requests, GREEDY)]
+
+    sampled = [g.token_ids for g in engine.generate(requests, narrow)]
+
+    assert sampled == greedy
