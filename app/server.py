@@ -22,6 +22,7 @@ from app.http.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from app.http.probes import router as probes_router
 from app.openai.errors import OpenAIErrorShape
 from app.openai.routes import router as openai_router
+from app.playground import router as playground_router
 from app.serving.metrics import Metrics
 from app.serving.state import VERSION, ModelLoader, ServiceState
 from app.settings import Settings
@@ -68,6 +69,7 @@ def create_app(
     app.include_router(tgi_router)
     app.include_router(probes_router)
     app.include_router(openai_router)
+    app.include_router(playground_router)
     app.add_middleware(
         BodyGuardMiddleware, max_body_bytes=settings.max_body_bytes, error_shapes=error_shapes
     )

@@ -7,8 +7,9 @@ comparison nor the position of the matching key shows in the response time. Keys
 logged or echoed.
 
 The check is ASGI middleware and closed by default: every path needs a key except health,
-readiness, the API docs and (unless `auth_protect_metrics`) `/metrics`. A route added later
-is therefore protected without anyone remembering to protect it.
+readiness, the API docs, the playground page and its static files and (unless
+`auth_protect_metrics`) `/metrics`. A route added later is therefore protected without anyone
+remembering to protect it.
 """
 
 from __future__ import annotations
@@ -44,8 +45,12 @@ ALWAYS_OPEN_PATHS = frozenset(
         "/docs/oauth2-redirect",
         "/redoc",
         "/openapi.json",
+        "/playground",
     }
 )
+# The playground page's static files (plain files, no compute): open so the page can load and
+# ask for a key. Every call the page makes to the API still needs one.
+OPEN_PATH_PREFIXES = ("/playground/static/",)
 METRICS_PATH = "/metrics"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -153,7 +158,12 @@ class ApiKeyMiddleware:
 
     def _is_open(self, scope: Scope) -> bool:
         # Preflight requests never carry credentials; CORS answers them.
-        return scope["method"] == "OPTIONS" or scope["path"].rstrip("/") in self.open_paths
+        path = scope["path"]
+        return (
+            scope["method"] == "OPTIONS"
+            or path.rstrip("/") in self.open_paths
+            or (path.startswith(OPEN_PATH_PREFIXES) and "/.." not in path)
+        )
 
 
 def open_paths(settings: Settings) -> frozenset[str]:
