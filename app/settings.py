@@ -40,13 +40,16 @@ class Settings(BaseSettings):
     family: str | None = Field(
         default=None, description="Force the family of every served model (else auto-detected)."
     )
-    engine: Literal["auto", "ct2", "onnx", "transformers"] = Field(
-        default="auto", description="Engine; auto = the family's preferred engine."
+    engine: Literal["auto", "ct2", "onnx", "transformers", "continuous"] = Field(
+        default="auto",
+        description="Engine; auto = the family's preferred engine. continuous = transformers "
+        "models stepped with iteration-level scheduling (requests join a running batch).",
     )
     quantization: str | None = Field(
         default=None,
-        description="Weights precision: float32, int8, int8_float32, int8_float16, float16 "
-        "(default int8 on CPU, float16 on CUDA for CTranslate2; float32 for the others).",
+        description="Weights precision: float32, int8, int8_float32, int8_float16, float16, "
+        "bfloat16 (default int8 on CPU, float16 on CUDA for CTranslate2; for continuous "
+        "bfloat16 where the CPU has AVX512-BF16/AMX, else float32; float32 for the others).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Device.")
     intra_threads: int | None = Field(
@@ -97,6 +100,18 @@ class Settings(BaseSettings):
         default=16384,
         ge=1,
         description="Cap on prompt + max_new_tokens summed over one batch (memory bound).",
+    )
+    max_batch_total_tokens: int = Field(
+        default=512,
+        ge=1,
+        description="Continuous engine: tokens one step may compute, prompts joining plus "
+        "running sequences (bounds how long newcomers' prefill stalls the running batch).",
+    )
+    max_kv_cache_mb: float = Field(
+        default=2048.0,
+        gt=0,
+        description="Continuous engine: KV-cache budget; requests wait while the running "
+        "batch could outgrow it.",
     )
     max_queue_size: int = Field(
         default=256, ge=1, description="Waiting requests per model before answering 429."

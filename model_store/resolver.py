@@ -84,14 +84,16 @@ def open_engine(
             intra_threads=settings.intra_threads,
             inter_threads=settings.inter_threads,
         )
+    device, threads = resolve_device(settings.device), settings.intra_threads
     if kind is EngineKind.TRANSFORMERS:
         from app.engines.transformers_engine import TransformersEngine
 
-        return TransformersEngine(
-            checkpoint_dir,
-            family,
-            device=resolve_device(settings.device),
-            threads=settings.intra_threads,
+        return TransformersEngine(checkpoint_dir, family, device=device, threads=threads)
+    if kind is EngineKind.CONTINUOUS:  # float32 or bfloat16, from the quantization setting
+        from app.engines.stepwise.engine import ContinuousEngine
+
+        return ContinuousEngine(
+            checkpoint_dir, family, device, threads, precision=settings.quantization
         )
     raise EngineUnavailableError(f"unknown engine {kind.value!r}")
 
@@ -158,7 +160,7 @@ def load_model(name: str, settings: Settings) -> LoadedModel:
                 f"the transformers engine runs float32 only, not {settings.quantization}; "
                 "use --backend ct2 or onnx for quantized models"
             )
-    else:
+    elif kind is not EngineKind.CONTINUOUS:  # that one runs the checkpoint as it is
         if settings.convert == "never":
             outcome = open_converted(source, kind, settings)
         else:

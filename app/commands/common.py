@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
+from app.core.engine_kinds import EngineKind
 from app.core.errors import ConfigurationError
 from app.core.families import family_names
 from app.settings import Settings
@@ -35,7 +36,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
         dest="engine",
-        choices=["auto", "ct2", "onnx", "transformers"],
+        choices=["auto", *(kind.value for kind in EngineKind)],
         help="engine that runs the model (default: LAMINI_ENGINE or auto)",
     )
     parser.add_argument(
@@ -62,7 +63,8 @@ def add_quantization_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quantization",
         dest="quantization",
-        choices=sorted({q for names in QUANTIZATIONS.values() for q in names}),
+        # bfloat16: the continuous engine's (it runs the checkpoint, no conversion).
+        choices=sorted({q for names in QUANTIZATIONS.values() for q in names} | {"bfloat16"}),
         help="weights precision (default: int8 for ct2 on CPU, float16 on CUDA, else float32)",
     )
 

@@ -33,6 +33,8 @@ _SERVICE_FLAGS: tuple[tuple[str, str, object, str], ...] = (
     ("--max-batch-wait-ms", "max_batch_wait_ms", float, "longest a batch waits to fill"),
     ("--batch-quiet-ms", "batch_quiet_ms", float, "start a batch after this long without arrivals"),
     ("--max-batch-tokens", "max_batch_tokens", positive_int, "prompt+new tokens per batch"),
+    ("--max-batch-total-tokens", "max_batch_total_tokens", positive_int, "tokens per step"),
+    ("--max-kv-cache-mb", "max_kv_cache_mb", positive_float, "KV-cache budget (continuous)"),
     ("--max-queue-size", "max_queue_size", positive_int, "waiting requests before 429"),
     ("--max-client-batch-size", "max_client_batch_size", positive_int, "prompts per request"),
     ("--request-timeout-s", "request_timeout_s", positive_float, "per-request time limit"),

@@ -11,3 +11,4 @@ class EngineKind(str, enum.Enum):
     CTRANSLATE2 = "ct2"
     ONNX = "onnx"
     TRANSFORMERS = "transformers"
+    CONTINUOUS = "continuous"

@@ -94,7 +94,12 @@ _CARD_LAMINI = RecommendedSampling(do_sample=True, max_new_tokens=256, repetitio
 _CARD_DOLLY = RecommendedSampling(do_sample=True, max_new_tokens=256)
 _CARD_OPT = RecommendedSampling(do_sample=False, max_new_tokens=256)
 
-_ALL_ENGINES = (EngineKind.CTRANSLATE2, EngineKind.ONNX, EngineKind.TRANSFORMERS)
+_ALL_ENGINES = (
+    EngineKind.CTRANSLATE2,
+    EngineKind.ONNX,
+    EngineKind.TRANSFORMERS,
+    EngineKind.CONTINUOUS,
+)
 
 FAMILIES: tuple[Family, ...] = (
     Family(
@@ -153,7 +158,7 @@ FAMILIES: tuple[Family, ...] = (
         arch=GPT_NEO,
         prompt_format=ALPACA,
         recommended=_CARD_LAMINI,
-        engines=(EngineKind.ONNX, EngineKind.TRANSFORMERS),
+        engines=(EngineKind.ONNX, EngineKind.TRANSFORMERS, EngineKind.CONTINUOUS),
         name_hints=("lamini-neo",),
     ),
     Family(

@@ -39,6 +39,7 @@ from app.engines.base import (
     limits_from_config,
     vocab_size_from_config,
 )
+from app.engines.constraint_mask import mask_disallowed
 from app.engines.loading import checkpoint_load_errors, load_tokenizer
 
 
@@ -96,13 +97,7 @@ class _GrammarMask:
             constraint = tracker.request.constraint
             if tracker.done or constraint is None:
                 continue
-            allowed = torch.from_numpy(constraint.allowed()).to(scores.device)
-            width = min(allowed.shape[0], scores.shape[1])
-            blocked = torch.ones(scores.shape[1], dtype=torch.bool, device=scores.device)
-            blocked[:width] = ~allowed[:width]
-            scores[row].masked_fill_(blocked, float("-inf"))
-            if torch.isinf(scores[row]).all() and self._eos:
-                scores[row, self._eos] = 0.0
+            scores[row] = mask_disallowed(scores[row], constraint, self._eos)
         return scores
 
 

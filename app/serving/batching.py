@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -69,21 +70,54 @@ class Ticket:
         return len(self.request.prompt_ids) + self.request.max_new_tokens
 
 
-class Batcher:
-    """Queues requests for one engine and runs them in dynamic batches on its own thread."""
+def new_ticket(
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    sampling: SamplingParams,
+    stop: tuple[str, ...],
+    on_token: TokenCallback | None,
+    constraint: TokenConstraint | None = None,
+) -> Ticket:
+    """A ticket whose engine request polls the ticket's cancel flag and resolves it when done."""
+    cancelled = threading.Event()
+    request = EngineRequest(
+        prompt_ids=list(prompt_ids),
+        max_new_tokens=max_new_tokens,
+        stop=stop,
+        on_token=on_token,
+        constraint=constraint,
+        is_cancelled=cancelled.is_set,
+    )
+    ticket = Ticket(request, sampling, time.monotonic(), _cancelled=cancelled)
+    request.on_finish = ticket.resolve
+    return ticket
 
-    def __init__(self, engine: Engine, limits: BatchLimits, metrics: ModelMetrics) -> None:
-        self._engine = engine
-        self._limits = limits
+
+def refuse_when_full(closed: bool, queued: int, max_queue_size: int, metrics: ModelMetrics) -> None:
+    """Raise why a new request cannot be queued: shutting down (503) or a full queue (429)."""
+    if closed:
+        raise UnavailableError("the server is shutting down; retry on another replica")
+    if queued >= max_queue_size:
+        metrics.count_rejected("queue_full")
+        raise OverloadedError(
+            f"model is overloaded: {queued} requests are already waiting "
+            f"(max_queue_size); retry later"
+        )
+
+
+class TicketQueue(ABC):
+    """The waiting side every scheduler shares: a queue of tickets with a size limit (429
+    beyond it), cancellation of queued tickets, and shutdown; one worker thread runs `_run`."""
+
+    def __init__(self, max_queue_size: int, metrics: ModelMetrics, worker_name: str) -> None:
+        self._max_queue_size = max_queue_size
         self._metrics = metrics
         self._queue: list[Ticket] = []
         self._condition = threading.Condition()
         self._closed = False
-        self._engine_free_since = time.monotonic()
         self._thread = threading.Thread(
-            target=self._run, name=f"batcher-{metrics.model}", daemon=True
+            target=self._run, name=f"{worker_name}-{metrics.model}", daemon=True
         )
-        self._thread.start()
 
     @property
     def queue_size(self) -> int:
@@ -100,26 +134,12 @@ class Batcher:
         constraint: TokenConstraint | None = None,
     ) -> Ticket:
         """Queue a request; raise `OverloadedError` when the queue is full."""
-        cancelled = threading.Event()
-        request = EngineRequest(
-            prompt_ids=list(prompt_ids),
-            max_new_tokens=max_new_tokens,
-            stop=stop,
-            on_token=on_token,
-            constraint=constraint,
-            is_cancelled=cancelled.is_set,
+        ticket = new_ticket(
+            prompt_ids, max_new_tokens, sampling, stop, self._observed(on_token), constraint
         )
-        ticket = Ticket(request, sampling, time.monotonic(), _cancelled=cancelled)
-        request.on_finish = ticket.resolve
+        self._check(ticket)
         with self._condition:
-            if self._closed:
-                raise UnavailableError("the server is shutting down; retry on another replica")
-            if len(self._queue) >= self._limits.max_queue_size:
-                self._metrics.count_rejected("queue_full")
-                raise OverloadedError(
-                    f"model is overloaded: {len(self._queue)} requests are already waiting "
-                    f"(max_queue_size); retry later"
-                )
+            refuse_when_full(self._closed, len(self._queue), self._max_queue_size, self._metrics)
             self._queue.append(ticket)
             self._metrics.set_queue_size(len(self._queue))
             self._condition.notify()
@@ -145,6 +165,28 @@ class Batcher:
             ticket._cancelled.set()
             ticket.future.cancel()
         self._thread.join(timeout)
+
+    def _observed(self, on_token: TokenCallback | None) -> TokenCallback | None:
+        """The token callback the engine calls (a scheduler may wrap it to observe tokens)."""
+        return on_token
+
+    def _check(self, ticket: Ticket) -> None:  # noqa: B027 - optional hook
+        """Raise when `ticket` can never run here (before it is queued)."""
+
+    @abstractmethod
+    def _run(self) -> None:
+        """The worker thread: take tickets off the queue and run them until closed."""
+
+
+class Batcher(TicketQueue):
+    """Queues requests for one engine and runs them in dynamic batches on its own thread."""
+
+    def __init__(self, engine: Engine, limits: BatchLimits, metrics: ModelMetrics) -> None:
+        super().__init__(limits.max_queue_size, metrics, "batcher")
+        self._engine = engine
+        self._limits = limits
+        self._engine_free_since = time.monotonic()
+        self._thread.start()
 
     # --- worker thread -----------------------------------------------------------------------
 

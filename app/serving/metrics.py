@@ -20,6 +20,7 @@ SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 PER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+STEP_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -77,6 +78,40 @@ class Metrics:
             "Sequences per engine batch.",
             ["model"],
             buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.inter_token_latency = Histogram(
+            "lamini_request_inter_token_latency_seconds",
+            "Time between two consecutive tokens of one sequence (continuous engine).",
+            ["model"],
+            buckets=PER_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.step_duration = Histogram(
+            "lamini_step_duration_seconds",
+            "Duration of one engine step of the continuous engine, by kind (prefill, decode).",
+            ["model", "kind"],
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        self.step_tokens = Histogram(
+            "lamini_step_tokens",
+            "Tokens one engine step computed: prompt tokens (prefill) or sequences (decode).",
+            ["model", "kind"],
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.running_sequences = Gauge(
+            "lamini_running_sequences",
+            "Sequences in the running batch of the continuous engine (waiting ones: "
+            "lamini_queue_size).",
+            ["model"],
+            registry=r,
+        )
+        self.kv_cache_usage = Gauge(
+            "lamini_kv_cache_usage_ratio",
+            "KV cache the running batch holds, as a share of its budget (max_kv_cache_mb).",
+            ["model"],
             registry=r,
         )
         self.requests = Counter(
@@ -145,6 +180,19 @@ class ModelMetrics:
 
     def observe_batch(self, size: int) -> None:
         self.metrics.batch_size.labels(self.model).observe(size)
+
+    def observe_inter_token(self, seconds: float) -> None:
+        self.metrics.inter_token_latency.labels(self.model).observe(seconds)
+
+    def observe_step(self, kind: str, seconds: float, tokens: int) -> None:
+        self.metrics.step_duration.labels(self.model, kind).observe(seconds)
+        self.metrics.step_tokens.labels(self.model, kind).observe(tokens)
+
+    def set_running(self, sequences: int) -> None:
+        self.metrics.running_sequences.labels(self.model).set(sequences)
+
+    def set_kv_cache_usage(self, ratio: float) -> None:
+        self.metrics.kv_cache_usage.labels(self.model).set(ratio)
 
     def set_queue_size(self, size: int) -> None:
         self.metrics.queue_size.labels(self.model).set(size)

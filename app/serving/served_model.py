@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from app.core.engine_kinds import EngineKind
 from app.engines.base import Engine, FinishReason, GeneratedToken, Generation, PromptScoringError
 from app.engines.scoring import TokenScore
 from app.serving.batching import Batcher, BatchLimits, Ticket
@@ -34,6 +35,7 @@ from app.serving.preparation import (
     Prompt,
     RequestPreparer,
 )
+from app.serving.scheduler import StepScheduler, scheduler_limits
 from app.settings import Settings
 
 
@@ -71,6 +73,25 @@ class _Timing:
             self.first_token_at = time.monotonic()
 
 
+def _queue_for(
+    engine: Engine, settings: Settings, metrics: ModelMetrics
+) -> Batcher | StepScheduler:
+    """Iteration-level scheduling for an engine that steps, dynamic batches for the others."""
+    if engine.info.kind is EngineKind.CONTINUOUS:
+        return StepScheduler(engine, scheduler_limits(settings), metrics)  # type: ignore[arg-type]
+    return Batcher(
+        engine,
+        BatchLimits(
+            max_batch_size=settings.max_batch_size,
+            max_batch_wait_s=settings.max_batch_wait_ms / 1000,
+            batch_quiet_s=settings.batch_quiet_ms / 1000,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_queue_size=settings.max_queue_size,
+        ),
+        metrics,
+    )
+
+
 class ServedModel:
     """One loaded model with its batcher: the service's unit of generation."""
 
@@ -89,17 +110,7 @@ class ServedModel:
                 default_max_new_tokens=settings.default_max_new_tokens,
             ),
         )
-        self.batcher = Batcher(
-            engine,
-            BatchLimits(
-                max_batch_size=settings.max_batch_size,
-                max_batch_wait_s=settings.max_batch_wait_ms / 1000,
-                batch_quiet_s=settings.batch_quiet_ms / 1000,
-                max_batch_tokens=settings.max_batch_tokens,
-                max_queue_size=settings.max_queue_size,
-            ),
-            metrics,
-        )
+        self.batcher = _queue_for(engine, settings, metrics)
 
     def close(self) -> None:
         self.batcher.close(timeout=5)

@@ -45,6 +45,12 @@ DASHBOARD_MUST_CHART = {
     "lamini_generated_tokens_total",
     "lamini_queue_size",
     "lamini_batch_size_bucket",
+    # the continuous engine's (issue 15): running sequences, KV-cache use, steps, inter-token
+    "lamini_running_sequences",
+    "lamini_kv_cache_usage_ratio",
+    "lamini_step_duration_seconds_bucket",
+    "lamini_step_tokens_sum",
+    "lamini_request_inter_token_latency_seconds_bucket",
 }
 _METRIC_NAME = re.compile(r"(?<![\w:])lamini_\w+")
 

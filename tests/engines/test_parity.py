@@ -24,27 +24,13 @@ from app.settings import Settings
 from conversion.parity import ParityReport, greedy_tokens
 from model_store.resolver import ensure_converted, open_engine
 from model_store.sources import ModelSource, resolve_source
+from tests.support.instructions import INSTRUCTIONS
 from tests.support.twins import FAMILY_TWINS
 
 INT8_MIN_FIRST_TOKEN_AGREEMENT = 0.25
 MAX_NEW_TOKENS = 8
 # One prompt at a time is slow on the reference (a generate call each): a subset suffices there.
 SINGLE_PROMPTS = 5
-
-INSTRUCTIONS = (
-    "Hi",
-    "Write a short poem about the sea and the sky at night.",
-    "What is 2+2?",
-    "List three fruits that are red.",
-    "Explain gravity to a child in simple words, please.",
-    "Translate 'good morning' to French.",
-    "Who wrote Hamlet?",
-    "Give me a recipe for pancakes.",
-    "Why is the sky blue?",
-    "Summarize the plot of Cinderella in two sentences.",
-    "Name a prime number.",
-    "How do airplanes fly?",
-)
 
 CONVERTED = (EngineKind.CTRANSLATE2, EngineKind.ONNX)
 CASES = [

@@ -1,0 +1,142 @@
+"""Encoder-decoder models (T5, Flan-T5, flant5-dolly) one step at a time.
+
+Joining runs the encoder once over the new inputs and the decoder's first step from the start
+token; that step fills each layer's cross-attention cache, which later steps reuse. The
+decoder's self-attention cache is left-padded like a decoder-only cache: T5's relative position
+bias depends only on the distance between query and key, so padding in front of a row changes
+nothing. The cross-attention cache and the encoder mask are right-padded to the longest input.
+Later steps pass a stand-in for the encoder states (one zero, expanded to their shape): only
+their shape is read once the cross-attention cache is filled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
+
+from app.engines.stepwise.rows import select_cache, stack_caches, stack_rows
+
+
+@dataclass
+class Seq2SeqRows:
+    """The running rows: decoder and cross-attention caches, both masks, lengths, next ids."""
+
+    self_cache: DynamicCache
+    cross_cache: DynamicCache
+    mask: torch.Tensor  # [rows, decoder columns], left-padded
+    lengths: torch.Tensor  # [rows]: decoder tokens in the cache
+    encoder_mask: torch.Tensor  # [rows, encoder columns], right-padded
+    next_ids: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return int(self.lengths.shape[0])
+
+    @property
+    def cache(self) -> EncoderDecoderCache:
+        return EncoderDecoderCache(self.self_cache, self.cross_cache)
+
+
+class Seq2SeqStepper:
+    """Prefill and decode steps of an encoder-decoder model; it owns no state of its own."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        pad_token_id: int,
+        bytes_per_token: int,
+    ) -> None:
+        self._model = model
+        self._encoder = model.get_encoder()
+        self._pad = pad_token_id
+        self._start = int(model.config.decoder_start_token_id)
+        self._dtype = model.dtype
+        self.bytes_per_token = bytes_per_token  # the same per decoder and per encoder token
+
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[Seq2SeqRows, torch.Tensor]:
+        width = max(len(prompt) for prompt in prompts)
+        ids = torch.full((len(prompts), width), self._pad, dtype=torch.long)
+        encoder_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+            encoder_mask[row, : len(prompt)] = 1
+        states = self._encoder(input_ids=ids, attention_mask=encoder_mask).last_hidden_state
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        start = torch.full((len(prompts), 1), self._start, dtype=torch.long)
+        logits = self._model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=states),
+            attention_mask=encoder_mask,
+            decoder_input_ids=start,
+            past_key_values=cache,
+            use_cache=True,
+        ).logits[:, -1]
+        rows = Seq2SeqRows(
+            self_cache=cache.self_attention_cache,
+            cross_cache=cache.cross_attention_cache,
+            mask=torch.ones((len(prompts), 1), dtype=torch.long),
+            lengths=torch.ones(len(prompts), dtype=torch.long),
+            encoder_mask=encoder_mask,
+            next_ids=torch.zeros(len(prompts), dtype=torch.long),
+        )
+        return rows, logits
+
+    def decode(self, rows: Seq2SeqRows) -> torch.Tensor:
+        rows.mask = torch.cat([rows.mask, rows.mask.new_ones((rows.size, 1))], dim=1)
+        shape_only = torch.zeros((1, 1, 1), dtype=self._dtype).expand(
+            rows.size, rows.encoder_mask.shape[1], 1
+        )
+        logits = self._model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=shape_only),
+            attention_mask=rows.encoder_mask,
+            decoder_input_ids=rows.next_ids[:, None],
+            decoder_attention_mask=rows.mask,
+            past_key_values=rows.cache,
+            use_cache=True,
+        ).logits[:, -1]
+        rows.lengths = rows.lengths + 1
+        return logits
+
+    def join(self, running: Seq2SeqRows, joining: Seq2SeqRows) -> Seq2SeqRows:
+        return Seq2SeqRows(
+            self_cache=stack_caches(running.self_cache, joining.self_cache, "left"),
+            cross_cache=stack_caches(running.cross_cache, joining.cross_cache, "right"),
+            mask=stack_rows(running.mask, joining.mask, 1, "left"),
+            lengths=torch.cat([running.lengths, joining.lengths]),
+            encoder_mask=stack_rows(running.encoder_mask, joining.encoder_mask, 1, "right"),
+            next_ids=torch.cat([running.next_ids, joining.next_ids]),
+        )
+
+    def keep(self, rows: Seq2SeqRows, keep: torch.Tensor) -> Seq2SeqRows:
+        lengths = rows.lengths[keep]
+        width = int(lengths.max())
+        encoder_mask = rows.encoder_mask[keep]
+        encoder_width = int(encoder_mask.sum(dim=1).max())
+        return Seq2SeqRows(
+            self_cache=select_cache(rows.self_cache, keep, width, "left"),
+            cross_cache=select_cache(rows.cross_cache, keep, encoder_width, "right"),
+            mask=rows.mask[keep, -width:],
+            lengths=lengths,
+            encoder_mask=encoder_mask[:, :encoder_width],
+            next_ids=rows.next_ids[keep],
+        )
+
+    def cache_bytes(self, rows: Seq2SeqRows) -> int:
+        columns = rows.mask.shape[1] + rows.encoder_mask.shape[1]
+        return rows.size * columns * self.bytes_per_token
+
+    def peak_bytes(self, horizons: Sequence[tuple[int, int]]) -> int:
+        """The most cache rows with these `(input tokens, new tokens)` can ever hold: each
+        row pays for the longest input (cross-attention) and the longest output (self)."""
+        if not horizons:
+            return 0
+        longest_input = max(prompt for prompt, _ in horizons)
+        longest_output = max(new for _, new in horizons) + 1
+        return len(horizons) * (longest_input + longest_output) * self.bytes_per_token
+
+    def repetition_context(self, prompt: Sequence[int]) -> Sequence[int]:
+        """What a repetition penalty starts from: the decoder's own input, the start token."""
+        return [self._start]

@@ -1,0 +1,178 @@
+"""Iteration-level scheduling: requests join and leave the running batch at every step.
+
+One worker thread owns a `ContinuousEngine`. Each turn of its loop it lets waiting requests
+join (their prefill - for T5 the encoder pass - runs as one small batch, and each gets its first
+token right away), then decodes one token for every running sequence. A sequence that is
+finished or cancelled leaves the batch, and frees its cache, right after the step that ended
+it; each token streams the moment its step ends. So a request waits at most for the step in
+progress plus its own prefill, instead of for a whole batch.
+
+Who joins is decided like TGI's router does it, oldest first (so nothing starves):
+- `max_batch_size` sequences at most run together;
+- `max_batch_total_tokens` bounds the tokens one turn computes, prefill and decode together,
+  so newcomers' prefills never stall the running batch for much more than a step (a prompt
+  bigger than the budget still joins, alone);
+- `max_kv_cache_bytes` bounds the KV cache: a request joins only if the cache the batch could
+  ever reach with it (every row as long as the longest one can grow) fits. When it does not,
+  requests wait for sequences to leave; one that could never fit is refused at submit.
+Past `max_queue_size` waiting requests, submit raises `OverloadedError` (429) as the batcher does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from app.engines.base import GeneratedToken, TokenCallback
+from app.serving.batching import Ticket, TicketQueue
+from app.serving.errors import InvalidRequestError
+from app.serving.metrics import ModelMetrics
+from app.settings import Settings
+
+if TYPE_CHECKING:  # the engine pulls in torch, which a CTranslate2-only image lacks
+    from app.engines.stepwise.engine import ContinuousEngine
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepLimits:
+    """What one step may compute and how much KV cache the batch may hold."""
+
+    max_batch_size: int
+    max_batch_total_tokens: int
+    max_kv_cache_bytes: int
+    max_queue_size: int
+
+
+class _InterTokenClock:
+    """Wraps a request's token callback to observe the time between its tokens."""
+
+    def __init__(self, on_token: TokenCallback | None, metrics: ModelMetrics) -> None:
+        self._on_token = on_token
+        self._metrics = metrics
+        self._last: float | None = None
+
+    def __call__(self, token: GeneratedToken, last: bool) -> None:
+        now = time.monotonic()
+        if self._last is not None:
+            self._metrics.observe_inter_token(now - self._last)
+        self._last = now
+        if self._on_token is not None:
+            self._on_token(token, last)
+
+
+class StepScheduler(TicketQueue):
+    """Queues requests for one continuous engine and runs them in one ever-changing batch."""
+
+    def __init__(self, engine: ContinuousEngine, limits: StepLimits, metrics: ModelMetrics) -> None:
+        super().__init__(limits.max_queue_size, metrics, "scheduler")
+        self._engine = engine
+        self._limits = limits
+        self._running: list[Ticket] = []
+        self._thread.start()
+
+    def _observed(self, on_token: TokenCallback | None) -> TokenCallback:
+        return _InterTokenClock(on_token, self._metrics)
+
+    def _check(self, ticket: Ticket) -> None:
+        """A request that could never fit the KV-cache budget is refused (400), not queued."""
+        needed = self._engine.peak_cache_bytes([ticket.request])
+        if needed > self._limits.max_kv_cache_bytes:
+            raise InvalidRequestError(
+                f"this request needs up to {needed / 2**20:.0f} MiB of KV cache, more than the "
+                f"{self._limits.max_kv_cache_bytes / 2**20:.0f} MiB budget (max_kv_cache_mb); "
+                "ask for fewer new tokens or send a shorter input"
+            )
+
+    # --- worker thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while (joining := self._next_joining()) is not None:
+            try:
+                if joining:
+                    self._admit(joining)
+                if self._engine.running:
+                    self._decode()
+            except Exception as exc:
+                logger.exception("the engine failed with %d sequences", len(self._running))
+                self._fail_running(exc)
+            self._running = [t for t in self._running if not t.future.done()]
+            self._observe_batch()
+        self._engine.abort()
+
+    def _next_joining(self) -> list[Ticket] | None:
+        """The requests that join at this turn (maybe none); blocks while there is nothing to
+        do; None once closed."""
+        with self._condition:
+            while not self._queue and not self._engine.running and not self._closed:
+                self._condition.wait()
+            if self._closed:
+                return None
+            joining = self._select()
+            for ticket in joining:
+                self._queue.remove(ticket)
+            self._metrics.set_queue_size(len(self._queue))
+        now = time.monotonic()
+        started = [t for t in joining if t.future.set_running_or_notify_cancel()]
+        for ticket in started:
+            ticket.started_at = now
+            self._metrics.observe_queue_wait(now - ticket.enqueued_at)
+        return started
+
+    def _select(self) -> list[Ticket]:
+        """The oldest waiting requests that fit this step's token budget, the batch size and
+        the KV-cache budget (lock held)."""
+        limits, engine = self._limits, self._engine
+        room = limits.max_batch_size - engine.running
+        tokens = limits.max_batch_total_tokens - engine.running
+        requests = [t.request for t in self._running]
+        joining: list[Ticket] = []
+        for ticket in self._queue:
+            cost = len(ticket.request.prompt_ids)
+            if len(joining) >= room or (joining and cost > tokens):
+                break
+            if engine.peak_cache_bytes([*requests, ticket.request]) > limits.max_kv_cache_bytes:
+                break
+            joining.append(ticket)
+            requests.append(ticket.request)
+            tokens -= cost
+        return joining
+
+    def _admit(self, joining: list[Ticket]) -> None:
+        started = time.perf_counter()
+        self._running += joining
+        self._engine.admit(
+            [self._engine.track(t.request) for t in joining], [t.sampling for t in joining]
+        )
+        tokens = sum(len(t.request.prompt_ids) for t in joining)
+        self._metrics.observe_step("prefill", time.perf_counter() - started, tokens)
+
+    def _decode(self) -> None:
+        started = time.perf_counter()
+        rows = self._engine.step()
+        if rows:
+            self._metrics.observe_step("decode", time.perf_counter() - started, rows)
+
+    def _fail_running(self, error: Exception) -> None:
+        for ticket in self._running:
+            if not ticket.future.done():
+                ticket.future.set_exception(error)
+        self._engine.abort()
+
+    def _observe_batch(self) -> None:
+        self._metrics.set_running(self._engine.running)
+        self._metrics.set_kv_cache_usage(
+            self._engine.cache_bytes() / self._limits.max_kv_cache_bytes
+        )
+
+
+def scheduler_limits(settings: Settings) -> StepLimits:
+    return StepLimits(
+        max_batch_size=settings.max_batch_size,
+        max_batch_total_tokens=settings.max_batch_total_tokens,
+        max_kv_cache_bytes=int(settings.max_kv_cache_mb * 2**20),
+        max_queue_size=settings.max_queue_size,
+    )

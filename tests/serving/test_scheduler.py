@@ -1,0 +1,154 @@
+"""The step scheduler with the continuous engine on a tiny twin: a request arriving while
+others run starts at once, limits and the KV-cache budget hold (requests wait, none is lost),
+cancellation and shutdown answer every ticket, and the step metrics are observed."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import CancelledError
+from contextlib import contextmanager
+
+import pytest
+
+from app.engines.base import EngineRequest, FinishReason, GeneratedToken, SamplingParams
+from app.serving.errors import InvalidRequestError, OverloadedError, UnavailableError
+from app.serving.metrics import Metrics
+from app.serving.scheduler import StepLimits, StepScheduler
+from app.settings import Settings
+from model_store.resolver import LoadedModel, load_model
+
+MODEL = "twin:MBZUAI/LaMini-GPT-124M@tiny"
+GREEDY = SamplingParams()
+LONG, SHORT = 60, 3
+
+
+@pytest.fixture(scope="module")
+def loaded() -> LoadedModel:
+    return load_model(MODEL, Settings(engine="continuous", quantization="float32"))
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@contextmanager
+def make_scheduler(
+    loaded: LoadedModel, metrics: Metrics, **overrides: int
+) -> Iterator[StepScheduler]:
+    values = {
+        "max_batch_size": 8,
+        "max_batch_total_tokens": 512,
+        "max_kv_cache_bytes": 2**30,
+        "max_queue_size": 64,
+    } | overrides
+    scheduler = StepScheduler(loaded.engine, StepLimits(**values), metrics.for_model("m"))
+    try:
+        yield scheduler
+    finally:
+        scheduler.close(timeout=30)
+
+
+def prompt(loaded: LoadedModel, text: str) -> list[int]:
+    return loaded.engine.encode(loaded.engine.family.prompt_format.wrap(text))
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, {"model": "m", **labels}) or 0.0
+
+
+def test_a_request_joins_a_running_batch_and_finishes_first(loaded, metrics) -> None:
+    long_tokens: list[GeneratedToken] = []
+    started = threading.Event()
+
+    def on_long_token(token: GeneratedToken, _last: bool) -> None:
+        long_tokens.append(token)
+        if len(long_tokens) == 5:
+            started.set()
+
+    with make_scheduler(loaded, metrics) as scheduler:
+        ids = prompt(loaded, "Tell me a long story about a dragon.")
+        long = scheduler.submit(ids, LONG, GREEDY, on_token=on_long_token)
+        assert started.wait(30)
+        short = scheduler.submit(prompt(loaded, "Hi"), SHORT, GREEDY)
+        short_generation = short.future.result(timeout=30)
+        tokens_when_short_finished = len(long_tokens)
+        long_generation = long.future.result(timeout=60)
+
+    assert len(short_generation.tokens) == SHORT
+    assert tokens_when_short_finished < LONG - SHORT
+    assert len(long_generation.tokens) == LONG
+    alone = loaded.engine.generate([long.request], GREEDY)[0]
+    assert long_generation.token_ids == alone.token_ids
+    assert sample(metrics, "lamini_step_duration_seconds_count", kind="prefill") >= 2
+    assert sample(metrics, "lamini_step_tokens_sum", kind="decode") >= LONG
+    assert sample(metrics, "lamini_request_inter_token_latency_seconds_count") >= LONG
+    assert sample(metrics, "lamini_running_sequences") == 0
+
+
+def test_the_kv_budget_makes_requests_wait_and_none_is_lost(loaded, metrics) -> None:
+    engine = loaded.engine
+    prompts = [prompt(loaded, text) for text in ("Hi", "What is 2+2?", "Name a color.")]
+    one_at_a_time = max(
+        engine.peak_cache_bytes([t]) for t in [EngineRequest(p, max_new_tokens=8) for p in prompts]
+    )
+    most_running = []
+
+    def watch(_token: GeneratedToken, _last: bool) -> None:
+        most_running.append(engine.running)
+
+    with make_scheduler(loaded, metrics, max_kv_cache_bytes=one_at_a_time) as scheduler:
+        tickets = [scheduler.submit(p, 8, GREEDY, on_token=watch) for p in prompts]
+        generations = [t.future.result(timeout=60) for t in tickets]
+        too_big = prompt(loaded, "Write a long essay about everything. " * 3)
+        with pytest.raises(InvalidRequestError, match="KV cache"):
+            scheduler.submit(too_big, 200, GREEDY)
+
+    assert [len(g.tokens) for g in generations] == [8, 8, 8]
+    assert max(most_running) == 1
+    assert 0 <= sample(metrics, "lamini_kv_cache_usage_ratio") <= 1
+
+
+def test_batch_size_and_queue_limits(loaded, metrics) -> None:
+    ids = prompt(loaded, "Hi")
+    most_running = []
+
+    def watch(_token: GeneratedToken, _last: bool) -> None:
+        most_running.append(loaded.engine.running)
+
+    with make_scheduler(loaded, metrics, max_batch_size=2, max_queue_size=3) as scheduler:
+        first = [scheduler.submit(ids, 30, GREEDY, on_token=watch) for _ in range(2)]
+        while scheduler.queue_size:  # both must have joined before the queue fills
+            threading.Event().wait(0.01)
+        queued = [scheduler.submit(ids, 5, GREEDY, on_token=watch) for _ in range(3)]
+        with pytest.raises(OverloadedError):
+            scheduler.submit(ids, 5, GREEDY)
+        results = [t.future.result(timeout=60) for t in first + queued]
+
+    assert max(most_running) == 2
+    assert [len(g.tokens) for g in results] == [30, 30, 5, 5, 5]
+    assert sample(metrics, "lamini_request_rejected_total", reason="queue_full") == 1
+
+
+def test_cancel_frees_the_row_and_close_answers_everyone(loaded, metrics) -> None:
+    ids = prompt(loaded, "Tell me a story.")
+    running = threading.Event()
+    with make_scheduler(loaded, metrics, max_batch_size=1) as scheduler:
+        victim = scheduler.submit(ids, 200, GREEDY, on_token=lambda *_: running.set())
+        waiting = scheduler.submit(ids, 4, GREEDY)
+        assert running.wait(30)
+        scheduler.cancel(victim)
+        assert victim.future.result(timeout=30).finish_reason is FinishReason.CANCELLED
+        assert len(waiting.future.result(timeout=30).tokens) == 4
+        second_running = threading.Event()
+        left_running = scheduler.submit(ids, 500, GREEDY, on_token=lambda *_: second_running.set())
+        assert second_running.wait(30)
+        queued = scheduler.submit(ids, 5, GREEDY)
+        scheduler.close(timeout=30)
+        with pytest.raises(UnavailableError):
+            scheduler.submit(ids, 5, GREEDY)
+
+    with pytest.raises(CancelledError):
+        queued.future.result(timeout=5)
+    assert left_running.future.result(timeout=5).finish_reason is FinishReason.CANCELLED
