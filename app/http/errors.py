@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -29,6 +30,15 @@ from app.serving.errors import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+class ErrorResponse(BaseModel):
+    """The error body of every route outside `/v1`: TGI's `ErrorResponse`, what went wrong and
+    its kind (validation, overloaded, ...). Declared here so every such API documents it."""
+
+    error: str
+    error_type: str
+
 
 # nginx's "client closed request": nobody is left to read an answer.
 CLIENT_CLOSED_REQUEST = 499

@@ -12,23 +12,15 @@ import asyncio
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.http.errors import documented_errors
+from app.http.errors import ErrorResponse, documented_errors
 from app.http.requests import served_model
 from app.playground.cards import FamilyCard, family_cards
 
 router = APIRouter(tags=["Models and prompts"])
 
 
-class ErrorBody(BaseModel):
-    """TGI's error shape, which every route outside `/v1` answers in (the app's default
-    `ErrorShape`); declared here for the schema, as the wire APIs do not import each other."""
-
-    error: str
-    error_type: str
-
-
 _ERRORS = documented_errors(
-    ErrorBody,
+    ErrorResponse,
     {
         400: "Body is not JSON or not UTF-8",
         401: "Missing or wrong API key",

@@ -25,7 +25,14 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from app.engines.base import Engine, EngineRequest, Generation, SamplingParams, TokenCallback
+from app.engines.base import (
+    Engine,
+    EngineRequest,
+    GeneratedToken,
+    Generation,
+    SamplingParams,
+    TokenCallback,
+)
 from app.engines.grammar import TokenConstraint
 from app.serving.errors import OverloadedError, UnavailableError
 from app.serving.metrics import ModelMetrics
@@ -68,6 +75,23 @@ class Ticket:
     def cost(self) -> int:
         """Tokens this request may occupy: what `max_batch_tokens` limits."""
         return len(self.request.prompt_ids) + self.request.max_new_tokens
+
+
+class InterTokenClock:
+    """Wraps a request's token callback to observe the time between its tokens."""
+
+    def __init__(self, on_token: TokenCallback | None, metrics: ModelMetrics) -> None:
+        self._on_token = on_token
+        self._metrics = metrics
+        self._last: float | None = None
+
+    def __call__(self, token: GeneratedToken, last: bool) -> None:
+        now = time.monotonic()
+        if self._last is not None:
+            self._metrics.observe_inter_token(now - self._last)
+        self._last = now
+        if self._on_token is not None:
+            self._on_token(token, last)
 
 
 def new_ticket(
@@ -166,9 +190,9 @@ class TicketQueue(ABC):
             ticket.future.cancel()
         self._thread.join(timeout)
 
-    def _observed(self, on_token: TokenCallback | None) -> TokenCallback | None:
-        """The token callback the engine calls (a scheduler may wrap it to observe tokens)."""
-        return on_token
+    def _observed(self, on_token: TokenCallback | None) -> TokenCallback:
+        """The token callback the engine calls: the request's, timing the gaps between tokens."""
+        return InterTokenClock(on_token, self._metrics)
 
     def _check(self, ticket: Ticket) -> None:  # noqa: B027 - optional hook
         """Raise when `ticket` can never run here (before it is queued)."""

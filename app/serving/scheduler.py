@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from app.engines.base import GeneratedToken, TokenCallback
 from app.serving.batching import Ticket, TicketQueue
 from app.serving.errors import InvalidRequestError
 from app.serving.metrics import ModelMetrics
@@ -47,23 +46,6 @@ class StepLimits:
     max_queue_size: int
 
 
-class _InterTokenClock:
-    """Wraps a request's token callback to observe the time between its tokens."""
-
-    def __init__(self, on_token: TokenCallback | None, metrics: ModelMetrics) -> None:
-        self._on_token = on_token
-        self._metrics = metrics
-        self._last: float | None = None
-
-    def __call__(self, token: GeneratedToken, last: bool) -> None:
-        now = time.monotonic()
-        if self._last is not None:
-            self._metrics.observe_inter_token(now - self._last)
-        self._last = now
-        if self._on_token is not None:
-            self._on_token(token, last)
-
-
 class StepScheduler(TicketQueue):
     """Queues requests for one continuous engine and runs them in one ever-changing batch."""
 
@@ -73,9 +55,6 @@ class StepScheduler(TicketQueue):
         self._limits = limits
         self._running: list[Ticket] = []
         self._thread.start()
-
-    def _observed(self, on_token: TokenCallback | None) -> TokenCallback:
-        return _InterTokenClock(on_token, self._metrics)
 
     def _check(self, ticket: Ticket) -> None:
         """A request that could never fit the KV-cache budget is refused (400), not queued."""

@@ -13,9 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from app.http.errors import ErrorShape, error_headers
+from app.http.errors import ErrorResponse, ErrorShape, error_headers
 from app.serving.errors import ServiceError
-from app.tgi.schemas import ErrorResponse
 
 
 def error_body(message: str, error_type: str) -> dict[str, Any]:

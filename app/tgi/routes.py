@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.http.errors import documented_errors
+from app.http.errors import ErrorResponse, documented_errors
 from app.http.requests import client_gone, event_stream, served_model, service_state
 from app.serving.errors import ClientDisconnectedError, InvalidRequestError, ServiceError
 from app.serving.preparation import PreparedRequest
@@ -23,7 +23,6 @@ from app.serving.served_model import Answer, ServedModel
 from app.serving.state import ServiceState
 from app.tgi.errors import error_body
 from app.tgi.schemas import (
-    ErrorResponse,
     GenerateRequest,
     GenerateResponse,
     Info,

@@ -1,7 +1,8 @@
 """Request and response bodies of the TGI-compatible routes, as pydantic models.
 
 They mirror Hugging Face Text Generation Inference's public OpenAPI schema (`GenerateRequest`,
-`GenerateParameters`, `GenerateResponse`, `Details`, `StreamResponse`, `Token`, `ErrorResponse`)
+`GenerateParameters`, `GenerateResponse`, `Details`, `StreamResponse`, `Token`; its
+`ErrorResponse` is in `app/http/errors.py`, shared by every route outside `/v1`)
 so the `text-generation` client and `huggingface_hub.InferenceClient` work unchanged. Those
 clients send every TGI parameter, null or not: parameters this server does not implement are
 accepted at their neutral value and rejected with a 422 otherwise, never silently ignored.
@@ -276,13 +277,6 @@ class StreamResponse(BaseModel):
             if with_details
             else None,
         )
-
-
-class ErrorResponse(BaseModel):
-    """TGI `ErrorResponse`: what went wrong and its kind (validation, overloaded, ...)."""
-
-    error: str
-    error_type: str
 
 
 class ModelInfo(BaseModel):

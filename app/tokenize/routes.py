@@ -13,14 +13,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 
 from app.core.chat import ChatTurn, chat_to_instruction
-from app.http.errors import documented_errors
+from app.http.errors import ErrorResponse, documented_errors
 from app.http.requests import served_model
 from app.serving.errors import InvalidRequestError
 from app.serving.served_model import ServedModel
 from app.tokenize.schemas import (
     DetokenizeRequest,
     DetokenizeResponse,
-    ErrorBody,
     TgiToken,
     TgiTokenizeRequest,
     TokenizeChatRequest,
@@ -32,7 +31,7 @@ from app.tokenize.schemas import (
 router = APIRouter(tags=["Tokenizer"])
 
 _ERRORS = documented_errors(
-    ErrorBody,
+    ErrorResponse,
     {
         400: "Body is not JSON or not UTF-8",
         401: "Missing or wrong API key",

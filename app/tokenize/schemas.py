@@ -114,11 +114,3 @@ class TokenizerInfo(BaseModel):
     unk_token: str | None = None
     model_max_length: int
     vocab_size: int
-
-
-class ErrorBody(BaseModel):
-    """Errors outside `/v1` are TGI's `{"error", "error_type"}` (rendered by the app's error
-    shapes); declared here for the OpenAPI document."""
-
-    error: str
-    error_type: str

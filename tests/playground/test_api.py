@@ -104,7 +104,7 @@ def test_openapi_documents_the_new_routes_and_not_the_page(
     paths = playground_server.get("/openapi.json").json()["paths"]
     prompt = paths["/prompt"]["post"]
     assert prompt["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
-        "/ErrorBody"
+        "/ErrorResponse"
     )
     assert "/families" in paths
     assert not any(path.startswith("/playground") for path in paths)
