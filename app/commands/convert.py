@@ -22,10 +22,7 @@ from model_store.resolver import choose_engine, ensure_converted, quantization_f
 from model_store.sources import resolve_source
 
 
-def register(subcommands: argparse._SubParsersAction) -> None:
-    parser = subcommands.add_parser(
-        "convert", help="convert a model for CTranslate2 or ONNX Runtime into the model store"
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="hub id, local checkpoint dir or twin:<hub id>[@tiny]")
     parser.add_argument(
         "--engine",
@@ -47,7 +44,6 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--force", action="store_true", help="convert again even when a valid entry exists"
     )
-    parser.set_defaults(run=run)
 
 
 class StageDisplay:

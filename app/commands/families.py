@@ -8,10 +8,8 @@ import json
 from app.core.families import FAMILIES
 
 
-def register(subcommands: argparse._SubParsersAction) -> None:
-    parser = subcommands.add_parser("families", help="list model families and their hub ids")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -36,13 +36,7 @@ from app.serving.preparation import (
 from model_store.resolver import LoadedModel, load_model
 
 
-def register(subcommands: argparse._SubParsersAction) -> None:
-    parser = subcommands.add_parser(
-        "generate",
-        help="generate an answer to one instruction",
-        description="Format INSTRUCTION for the model's family, generate, and print the tidied "
-        "answer. Sampling follows the family's model card unless flags say otherwise.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_and_instruction(parser)
     add_model_options(parser)
     add_quantization_option(parser)
@@ -64,7 +58,6 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         help="stop when this text is generated (repeatable)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(run=run)
 
 
 def sampling_from_args(family: Family, args: argparse.Namespace) -> SamplingParams:

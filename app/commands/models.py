@@ -15,11 +15,9 @@ from app.commands.convert import format_size
 from model_store.store import EntryStatus, ModelStore
 
 
-def register(subcommands: argparse._SubParsersAction) -> None:
-    parser = subcommands.add_parser("models", help="list the model store's entries")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_store_option(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON list")
-    parser.set_defaults(run=run)
 
 
 def entry_as_json(status: EntryStatus) -> dict[str, object]:

@@ -19,13 +19,7 @@ from app.engines.loading import load_tokenizer
 from model_store.sources import resolve_family, resolve_source
 
 
-def register(subcommands: argparse._SubParsersAction) -> None:
-    parser = subcommands.add_parser(
-        "prompt",
-        help="print the exact model input for an instruction",
-        description="Print the instruction wrapped in the model family's prompt format, exactly "
-        "as the tokenizer receives it (no trailing newline is added).",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_and_instruction(parser)
     parser.add_argument(
         "--tokens",
@@ -33,7 +27,6 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         help="also print the token ids on a second line (loads the model's tokenizer)",
     )
     add_model_options(parser)
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

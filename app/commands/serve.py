@@ -48,13 +48,7 @@ _SERVICE_FLAGS: tuple[tuple[str, str, object, str], ...] = (
 )
 
 
-def register(subcommands: argparse._SubParsersAction) -> None:
-    parser = subcommands.add_parser(
-        "serve",
-        help="serve models over HTTP (TGI-compatible API)",
-        description="Serve one or more models; the first is the default. Every flag overrides "
-        "its LAMINI_* environment variable.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "models",
         nargs="*",
@@ -64,7 +58,6 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     add_model_options(parser)
     for flag, field, kind, text in _SERVICE_FLAGS:
         parser.add_argument(flag, dest=field, type=kind, help=f"{text} (LAMINI_{field.upper()})")
-    parser.set_defaults(run=run)
 
 
 class _DrainingServer(uvicorn.Server):

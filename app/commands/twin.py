@@ -14,13 +14,7 @@ from app.core.errors import ModelSourceError
 from model_store.twins import TwinSize, build_twin_atomically
 
 
-def register(subcommands: argparse._SubParsersAction) -> None:
-    parser = subcommands.add_parser(
-        "twin",
-        help="write a random-weight twin checkpoint of a zoo model",
-        description="Write a Hugging Face checkpoint directory with the architecture and "
-        "tokenizer of MODEL_ID and random weights.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_id", metavar="MODEL_ID", help="a hub id (`lamini-serve families`)")
     parser.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="new or empty directory")
     parser.add_argument(
@@ -32,7 +26,6 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--seed", type=non_negative_int, default=0, metavar="N", help="weights seed (default 0)"
     )
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
