@@ -98,7 +98,8 @@ class BenchOptions(BaseModel):
         default=64, ge=1, description="concurrent requests of the peak-RSS measurement"
     )
     vllm_venv: Path = Field(
-        default=Path("/work/venvs/vllm"), description="virtualenv made by benchmarks/install-vllm"
+        default=Path.home() / ".cache" / "lamini-serve" / "vllm-venv",
+        description="virtualenv made by benchmarks/install-vllm",
     )
     vllm_dtype: str = "bfloat16"
     vllm_kv_cache_gib: int = Field(default=2, ge=1, description="VLLM_CPU_KVCACHE_SPACE")
