@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.http.errors import ErrorResponse, documented_errors
+from app.http.fields import require_encodable
 from app.http.requests import served_model
 from app.playground.cards import FamilyCard, family_cards
 
@@ -44,10 +45,7 @@ class PromptRequest(BaseModel):
     def _inputs_are_text(cls, inputs: str) -> str:
         if not inputs.strip():
             raise ValueError("must not be blank: send the instruction to format")
-        try:
-            inputs.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("contains invalid unicode (a lone surrogate)") from None
+        require_encodable([inputs])
         return inputs
 
 
@@ -74,8 +72,7 @@ async def render_prompt(body: PromptRequest, request: Request) -> PromptResponse
     """The instruction wrapped in the model family's prompt format, as `lamini-serve prompt`
     prints it, with its token ids from the model's own tokenizer."""
     served = served_model(request, body.model)
-    model_input = served.family.prompt_format.wrap(body.inputs)
-    token_ids = await asyncio.to_thread(served.engine.encode, model_input)
+    model_input, token_ids = await asyncio.to_thread(served.preparer.model_input, body.inputs)
     return PromptResponse(
         model=served.name,
         family=served.family.name,

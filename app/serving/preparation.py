@@ -105,9 +105,10 @@ class RequestPreparer:
         arrived_at = time.monotonic() if arrived_at is None else arrived_at
         self._check_options(options)
         prompt_format = self.family.prompt_format
-        if isinstance(prompt, str):
-            model_input = prompt if options.raw_prompt else prompt_format.wrap(prompt)
-            text, encoded = prompt, self.engine.encode(model_input)
+        if isinstance(prompt, str) and options.raw_prompt:
+            text, encoded = prompt, self.engine.encode(prompt)
+        elif isinstance(prompt, str):
+            text, encoded = prompt, self.model_input(prompt)[1]
         else:
             encoded = self.checked_ids(prompt)
             text = self.engine.tokenizer.decode(encoded, skip_special_tokens=False)
@@ -124,6 +125,12 @@ class RequestPreparer:
             arrived_at=arrived_at,
             grammar=options.grammar,
         )
+
+    def model_input(self, instruction: str) -> tuple[str, list[int]]:
+        """What the model is given for `instruction`: the family-formatted text and its token
+        ids (what `prepare` sends, before any limit is checked)."""
+        text = self.family.prompt_format.wrap(instruction)
+        return text, self.engine.encode(text)
 
     def new_constraint(self, grammar: ResponseGrammar) -> TokenConstraint:
         """A fresh grammar state for one sequence (each choice of a request needs its own)."""

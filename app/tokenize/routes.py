@@ -10,6 +10,8 @@ chat route would build. The model is chosen by the body's `model` or `?model=`.
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Query, Request
 
 from app.core.chat import ChatTurn, chat_to_instruction
@@ -88,18 +90,18 @@ async def tokenize(
     model: str | None = ModelQuery,
 ) -> TokenizeResponse | list[TgiToken]:
     served = _model(request, body.model, model)
+    # Tokenizing a long text is real work: off the event loop, like every prompt's.
     if isinstance(body, TgiTokenizeRequest):
-        return _tgi_tokens(served, body.inputs)
+        return await asyncio.to_thread(_tgi_tokens, served, body.inputs)
     if isinstance(body, TokenizeChatRequest):
         turns = [ChatTurn(m.role, m.content or "") for m in body.messages]
         try:
             instruction = chat_to_instruction(turns)
         except ValueError as exc:
             raise InvalidRequestError(str(exc)) from None
-        text = served.family.prompt_format.wrap(instruction)
-        ids = served.engine.encode(text)
+        _, ids = await asyncio.to_thread(served.preparer.model_input, instruction)
     else:
-        ids = _ids(served, body.prompt, body.add_special_tokens)
+        ids = await asyncio.to_thread(_ids, served, body.prompt, body.add_special_tokens)
     return _vllm_tokens(served, ids, body.return_token_strs)
 
 
