@@ -49,7 +49,7 @@ class Settings(BaseSettings):
         default=None,
         description="Weights precision: float32, int8, int8_float32, int8_float16, float16, "
         "bfloat16 (default int8 on CPU, float16 on CUDA for CTranslate2; for continuous "
-        "bfloat16 where the CPU has AVX512-BF16/AMX, else float32; float32 for the others).",
+        "int8 on CPUs with int8 kernels (AVX2, ARM), bfloat16 on CUDA; float32 for the others).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Device.")
     intra_threads: int | None = Field(

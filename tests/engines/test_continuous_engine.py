@@ -25,11 +25,13 @@ PROMPTS = (
     "What is 2+2?",
     "Explain gravity to a child in simple words, please, with an example.",
 )
-# bfloat16 against float32, first greedy token of each of the 12 instructions, measured on this
-# suite's tiny twins (random weights, so near-ties are common): GPT-2 0.83, Flan-T5 0.83, T5
-# 0.92, OPT 1.0, GPT-Neo 1.0. Later tokens follow diverged prefixes (0.36-0.88 of all 8 tokens
-# agree), so the first token is the fair measure; the bound catches a broken bfloat16 path.
-BFLOAT16_MIN_FIRST_TOKEN_AGREEMENT = 0.75
+# A lower precision against float32: the first greedy token of each of the 12 instructions on
+# this suite's tiny twins (random weights, so near-ties are common). Measured, bfloat16: GPT-2
+# 0.83, Flan-T5 0.83, T5 0.92, OPT 1.0, GPT-Neo 1.0; int8: GPT-2 0.67, Flan-T5 0.50 (the
+# CTranslate2 int8 models of tests/engines/test_parity.py: 0.33-1.00, bound 0.25 there). Later
+# tokens follow diverged prefixes (bfloat16: 0.36-0.88 of all 8 tokens agree), so the first
+# token is the fair measure; the bound catches a broken path, not a slightly worse one.
+MIN_FIRST_TOKEN_AGREEMENT = {"bfloat16": 0.75, "int8": 0.25}
 
 
 @pytest.fixture(scope="module")
@@ -164,20 +166,21 @@ def test_a_rows_response_grammar_decides_its_tokens_alone(engines) -> None:
     assert generations[1].token_ids != [forced] * 5
 
 
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
 @pytest.mark.parametrize("family_name", ["lamini-gpt", "lamini-flan-t5"])
-def test_bfloat16_agrees_with_float32(tiny_twin, engines, family_name) -> None:
+def test_lower_precision_agrees_with_float32(tiny_twin, engines, family_name, precision) -> None:
     engine, _ = engines(family_name)
-    half = ContinuousEngine(
-        tiny_twin(FAMILY_TWINS[family_name]), get_family(family_name), precision="bfloat16"
+    lower = ContinuousEngine(
+        tiny_twin(FAMILY_TWINS[family_name]), get_family(family_name), precision=precision
     )
     requests = [_request(engine, p, 1) for p in INSTRUCTIONS]
 
     exact = [g.token_ids for g in engine.generate(requests, GREEDY)]
-    approx = [g.token_ids for g in half.generate(requests, GREEDY)]
+    approx = [g.token_ids for g in lower.generate(requests, GREEDY)]
 
     agreement = sum(a == b for a, b in zip(exact, approx, strict=True)) / len(requests)
-    assert half.info.quantization == "bfloat16"
-    assert agreement >= BFLOAT16_MIN_FIRST_TOKEN_AGREEMENT, agreement
+    assert lower.info.quantization == precision
+    assert agreement >= MIN_FIRST_TOKEN_AGREEMENT[precision], agreement
 
 
 def test_info_and_cache_accounting(engines) -> None:

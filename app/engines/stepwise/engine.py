@@ -39,7 +39,7 @@ from app.engines.constraint_mask import mask_disallowed
 from app.engines.grammar import TokenConstraint
 from app.engines.loading import checkpoint_load_errors, load_tokenizer
 from app.engines.stepwise.causal import CausalStepper
-from app.engines.stepwise.precision import PRECISIONS, resolve_precision
+from app.engines.stepwise.precision import resolve_precision
 from app.engines.stepwise.sampler import BatchSampler, RowLogitsProcessor, RowSampling
 from app.engines.stepwise.seq2seq import Seq2SeqStepper
 
@@ -56,7 +56,7 @@ def _bytes_per_token(config: Any, family: Family, dtype: torch.dtype) -> int:
 
 
 class ContinuousEngine(Engine):
-    """A Hugging Face checkpoint decoded step by step in float32 or bfloat16."""
+    """A Hugging Face checkpoint decoded step by step in int8, float32 or bfloat16."""
 
     supports_constraints = True
 
@@ -72,18 +72,17 @@ class ContinuousEngine(Engine):
         self.device = torch.device(device)
         if threads:
             torch.set_num_threads(threads)
-        precision = resolve_precision(precision, self.device.type)
-        dtype = PRECISIONS[precision]
+        chosen = resolve_precision(precision, self.device.type)
         auto_model = AutoModelForSeq2SeqLM if family.is_seq2seq else AutoModelForCausalLM
         self.tokenizer = load_tokenizer(checkpoint_dir, family)
         with checkpoint_load_errors(checkpoint_dir, family, "transformers"):
             model = auto_model.from_pretrained(
-                str(checkpoint_dir), dtype=dtype, trust_remote_code=False
+                str(checkpoint_dir), dtype=chosen.dtype, trust_remote_code=False
             )
-        self.model = model.to(self.device).eval()
+        self.model = chosen.apply(model.to(self.device).eval())
         pad = self.tokenizer.pad_token_id
         pad = pad if pad is not None else self.tokenizer.eos_token_id
-        per_token = _bytes_per_token(model.config, family, dtype)
+        per_token = _bytes_per_token(model.config, family, chosen.dtype)
         self._stepper: CausalStepper | Seq2SeqStepper = (
             Seq2SeqStepper(model, pad, per_token)
             if family.is_seq2seq
@@ -93,7 +92,7 @@ class ContinuousEngine(Engine):
         self.info = EngineInfo(
             kind=EngineKind.CONTINUOUS,
             device=self.device.type,
-            quantization=precision,
+            quantization=chosen.name,
             max_input_tokens=max_input,
             max_total_tokens=max_total,
         )

@@ -1,0 +1,75 @@
+"""The continuous engine's precision: the default follows what the CPU computes fast, int8
+turns every linear layer (GPT-2's Conv1D included) into an int8 one, and what cannot run is
+refused with a reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+from transformers.pytorch_utils import Conv1D
+
+from app.core.errors import EngineUnavailableError
+from app.engines.stepwise.precision import (
+    cpu_flags,
+    default_cpu_precision,
+    quantize_linear_layers,
+    resolve_precision,
+)
+from tests.support.twins import FAMILY_TWINS
+
+
+@pytest.mark.parametrize(
+    ("flags", "machine", "expected"),
+    [
+        ({"sse4_2", "avx", "avx2", "fma"}, "x86_64", "int8"),
+        ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, "x86_64", "int8"),
+        ({"sse4_2", "avx"}, "x86_64", "float32"),
+        ({"fp", "asimd"}, "aarch64", "int8"),
+    ],
+)
+def test_cpu_default_is_int8_where_int8_kernels_exist(flags, machine, expected) -> None:
+    assert default_cpu_precision(frozenset(flags), machine) == expected
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n", encoding="utf-8")
+
+    assert cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_bf16"}
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+
+
+def test_unknown_and_unrunnable_precisions_are_refused() -> None:
+    with pytest.raises(EngineUnavailableError, match="float32, bfloat16, int8"):
+        resolve_precision("int4", "cpu")
+    with pytest.raises(EngineUnavailableError, match="CPUs only"):
+        resolve_precision("int8", "cuda")
+
+
+def test_emulated_bfloat16_is_warned_about(monkeypatch, caplog) -> None:
+    monkeypatch.setattr("app.engines.stepwise.precision.cpu_flags", lambda: frozenset({"avx2"}))
+
+    assert resolve_precision("bfloat16", "cpu").dtype is torch.bfloat16
+    assert "emulated" in caplog.text
+
+
+def test_int8_replaces_every_linear_layer(tiny_twin) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_twin(FAMILY_TWINS["lamini-gpt"])).eval()
+    ids = torch.tensor([[464, 3290, 318, 257]])
+    with torch.inference_mode():
+        before = model(ids).logits
+
+    quantize_linear_layers(model)
+    with torch.inference_mode():
+        after = model(ids).logits
+
+    kinds = {type(module) for module in model.modules()}
+    assert Conv1D not in kinds
+    assert torch.nn.Linear not in kinds
+    assert torch.ao.nn.quantized.dynamic.Linear in kinds
+    assert model.get_output_embeddings().weight().dtype == torch.qint8
+    # int8 rounding moves the logits a little, never wholesale
+    assert torch.corrcoef(torch.stack([before.flatten(), after.flatten()]))[0, 1] > 0.99
