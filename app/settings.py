@@ -104,8 +104,9 @@ class Settings(BaseSettings):
     max_batch_total_tokens: int = Field(
         default=512,
         ge=1,
-        description="Continuous engine: tokens one step may compute, prompts joining plus "
-        "running sequences (bounds how long newcomers' prefill stalls the running batch).",
+        description="Continuous engine: tokens one turn may compute, prompts joining plus "
+        "running sequences; longer decoder-only prompts are prefilled in chunks of it (bounds "
+        "how long newcomers' prefill stalls the running batch).",
     )
     max_kv_cache_mb: float = Field(
         default=2048.0,

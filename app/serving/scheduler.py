@@ -1,17 +1,21 @@
 """Iteration-level scheduling: requests join and leave the running batch at every step.
 
 One worker thread owns a `ContinuousEngine`. Each turn of its loop it lets waiting requests
-join (their prefill - for T5 the encoder pass - runs as one small batch, and each gets its first
-token right away), then decodes one token for every running sequence. A sequence that is
-finished or cancelled leaves the batch, and frees its cache, right after the step that ended
-it; each token streams the moment its step ends. So a request waits at most for the step in
-progress plus its own prefill, instead of for a whole batch.
+join, computes a chunk of their prefill (for T5 the whole encoder pass), then decodes one token
+for every running sequence. Joining prompts get their first token as soon as their prefill is
+complete and decode with the others from the next turn. A sequence that is finished or cancelled
+leaves the batch, and frees its cache, right after the step that ended it; each token streams
+the moment its step ends. So a request waits for the turn in progress plus its own prefill,
+instead of for a whole batch.
 
-Who joins is decided like TGI's router does it, oldest first (so nothing starves):
+Who joins is decided like TGI's router does it, oldest first (so nothing starves), one prefill
+batch at a time:
 - `max_batch_size` sequences at most run together;
-- `max_batch_total_tokens` bounds the tokens one turn computes, prefill and decode together,
-  so newcomers' prefills never stall the running batch for much more than a step (a prompt
-  bigger than the budget still joins, alone);
+- `max_batch_total_tokens` bounds the tokens one turn computes, prefill and decode together:
+  newcomers join while their prompts fit it (the oldest always may), and a decoder-only prefill
+  bigger than what is left of it is computed a chunk of columns per turn (chunked prefill), so
+  the running batch never waits for more than that budget's worth of prompt tokens per step;
+  an encoder pass cannot be split, and runs whole;
 - `max_kv_cache_bytes` bounds the KV cache: a request joins only if the cache the batch could
   ever reach with it (every row as long as the longest one can grow) fits. When it does not,
   requests wait for sequences to leave; one that could never fit is refused at submit.
@@ -72,7 +76,9 @@ class StepScheduler(TicketQueue):
         while (joining := self._next_joining()) is not None:
             try:
                 if joining:
-                    self._admit(joining)
+                    self._begin(joining)
+                if self._engine.prefilling:
+                    self._prefill()
                 if self._engine.running:
                     self._decode()
             except Exception as exc:
@@ -86,7 +92,7 @@ class StepScheduler(TicketQueue):
         """The requests that join at this turn (maybe none); blocks while there is nothing to
         do; None once closed."""
         with self._condition:
-            while not self._queue and not self._engine.running and not self._closed:
+            while not (self._queue or self._busy or self._closed):
                 self._condition.wait()
             if self._closed:
                 return None
@@ -105,6 +111,8 @@ class StepScheduler(TicketQueue):
         """The oldest waiting requests that fit this step's token budget, the batch size and
         the KV-cache budget (lock held)."""
         limits, engine = self._limits, self._engine
+        if engine.prefilling:
+            return []
         room = limits.max_batch_size - engine.running
         tokens = limits.max_batch_total_tokens - engine.running
         requests = [t.request for t in self._running]
@@ -120,13 +128,20 @@ class StepScheduler(TicketQueue):
             tokens -= cost
         return joining
 
-    def _admit(self, joining: list[Ticket]) -> None:
-        started = time.perf_counter()
+    @property
+    def _busy(self) -> bool:
+        return self._engine.running > 0 or self._engine.prefilling
+
+    def _begin(self, joining: list[Ticket]) -> None:
         self._running += joining
-        self._engine.admit(
+        self._engine.begin(
             [self._engine.track(t.request) for t in joining], [t.sampling for t in joining]
         )
-        tokens = sum(len(t.request.prompt_ids) for t in joining)
+
+    def _prefill(self) -> None:
+        started = time.perf_counter()
+        budget = self._limits.max_batch_total_tokens - self._engine.running
+        tokens = self._engine.prefill(budget)
         self._metrics.observe_step("prefill", time.perf_counter() - started, tokens)
 
     def _decode(self) -> None:

@@ -19,6 +19,7 @@ from tests.support.instructions import INSTRUCTIONS
 from tests.support.twins import FAMILY_TWINS
 
 GREEDY = SamplingParams()
+SEQ2SEQ_FAMILIES = {name for name in FAMILY_TWINS if get_family(name).is_seq2seq}
 PROMPTS = (
     "Hi",
     "Write a short poem about the sea and the sky at night.",
@@ -84,6 +85,49 @@ def test_greedy_tokens_equal_generate_with_staggered_arrivals(engines, family_na
     assert engine.running == 0
     for tracker, request in zip(trackers, requests, strict=True):
         assert tracker.finish().token_ids == _alone(reference, request), request.prompt_ids
+
+
+@pytest.mark.parametrize("family_name", FAMILY_TWINS)
+def test_greedy_tokens_equal_generate_when_prefill_is_chunked(engines, family_name) -> None:
+    """Two prompts of different lengths prefilled 5 columns per turn while two others decode:
+    the running rows step between chunks, and every row's tokens are the reference's."""
+    engine, reference = engines(family_name)
+    requests = [_request(engine, p, n) for p, n in zip(PROMPTS, (30, 6, 30, 8), strict=True)]
+    trackers = [engine.track(r) for r in requests]
+    engine.admit(trackers[::2], [GREEDY] * 2)
+    engine.begin(trackers[1::2], [GREEDY] * 2)
+
+    turns = 0
+    while engine.prefilling:
+        assert engine.prefill(10) <= 10 or family_name in SEQ2SEQ_FAMILIES
+        # the running rows go on between chunks; the joined ones step with them once complete
+        assert engine.step() == (2 if engine.prefilling else 4)
+        turns += 1
+    _run_until_done(engine)
+
+    longest = max(len(r.prompt_ids) for r in requests[1::2])
+    assert turns == (1 if family_name in SEQ2SEQ_FAMILIES else -(-longest // 5))
+    for tracker, request in zip(trackers, requests, strict=True):
+        assert tracker.finish().token_ids == _alone(reference, request), request.prompt_ids
+
+
+def test_a_prefill_whose_requests_are_all_cancelled_is_dropped(engines) -> None:
+    engine, _ = engines("lamini-gpt")
+    finished: list[Generation] = []
+    request = _request(engine, PROMPTS[3], 5)
+    request.on_finish = finished.append
+    engine.begin([engine.track(request)], [GREEDY])
+    engine.prefill(4)
+    held = engine.cache_bytes()
+
+    request.is_cancelled = lambda: True
+    computed = engine.prefill(4)
+
+    assert held == 4 * engine._stepper.bytes_per_token
+    assert computed == 0
+    assert not engine.prefilling
+    assert engine.cache_bytes() == 0
+    assert [g.finish_reason for g in finished] == [FinishReason.CANCELLED]
 
 
 @pytest.mark.parametrize("family_name", ["lamini-gpt", "lamini-flan-t5", "opt-iml", "lamini-neo"])

@@ -87,6 +87,38 @@ def test_a_request_joins_a_running_batch_and_finishes_first(loaded, metrics) -> 
     assert sample(metrics, "lamini_running_sequences") == 0
 
 
+def test_a_long_prompt_is_prefilled_in_chunks_while_the_batch_decodes(loaded, metrics) -> None:
+    budget = 9  # one running row leaves 8 prompt tokens per turn
+    running_tokens: list[GeneratedToken] = []
+    first_token_after: list[int] = []
+    started = threading.Event()
+
+    def on_running_token(token: GeneratedToken, _last: bool) -> None:
+        running_tokens.append(token)
+        if len(running_tokens) == 3:
+            started.set()
+
+    def on_joined_token(_token: GeneratedToken, _last: bool) -> None:
+        if not first_token_after:
+            first_token_after.append(len(running_tokens))
+
+    with make_scheduler(loaded, metrics, max_batch_total_tokens=budget) as scheduler:
+        ids = prompt(loaded, "Tell me a long story about a dragon.")
+        running = scheduler.submit(ids, LONG, GREEDY, on_token=on_running_token)
+        assert started.wait(30)
+        long_ids = prompt(loaded, "Describe the history of every ocean on the planet. " * 3)
+        before = len(running_tokens)
+        joined = scheduler.submit(long_ids, SHORT, GREEDY, on_token=on_joined_token)
+        generation = joined.future.result(timeout=60)
+        running.future.result(timeout=60)
+
+    chunks = -(-len(long_ids) // (budget - 1))
+    assert chunks >= 5
+    assert first_token_after[0] - before >= chunks - 1  # one decode step per chunk
+    assert generation.token_ids == loaded.engine.generate([joined.request], GREEDY)[0].token_ids
+    assert sample(metrics, "lamini_step_duration_seconds_count", kind="prefill") >= chunks + 1
+
+
 def test_the_kv_budget_makes_requests_wait_and_none_is_lost(loaded, metrics) -> None:
     engine = loaded.engine
     prompts = [prompt(loaded, text) for text in ("Hi", "What is 2+2?", "Name a color.")]

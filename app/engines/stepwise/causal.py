@@ -5,7 +5,11 @@ one attention mask hides each row's padding. Each row passes its own position id
 of real tokens): GPT-2 and GPT-Neo have absolute position tables, and OPT would otherwise
 derive positions from the whole mask on every step. GPT-Neo's local attention window counts
 cache columns back from the query, the same for every row however much padding it has.
-Prefill computes the output projection for the last position only.
+
+Prefill runs in chunks of columns (`advance`), each attending to the cache the earlier chunks
+left, so a long prompt can be spread over several scheduler turns and the running batch keeps
+decoding in between; in float32 the tokens are the same as from one pass. Only the last chunk
+computes the output projection, for the last position only.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from app.engines.stepwise.rows import select_cache, stack_caches, stack_rows
+from app.engines.stepwise.rows import stack_rows
+from app.engines.stepwise.slots import append_rows, compaction_order, keep_rows, slot_cache
 
 
 @dataclass
@@ -37,6 +42,31 @@ class CausalRows:
         return int(self.mask.shape[1])
 
 
+@dataclass
+class CausalPrefill:
+    """Prompts being prefilled: left-padded ids, their mask and positions, the cache so far."""
+
+    ids: torch.Tensor  # [rows, columns]
+    mask: torch.Tensor
+    positions: torch.Tensor
+    cache: DynamicCache
+    done: int = 0  # columns already in the cache
+
+    @property
+    def size(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def columns(self) -> int:
+        """Columns in the cache so far."""
+        return self.done
+
+    @property
+    def remaining(self) -> int:
+        """Columns still to compute."""
+        return int(self.ids.shape[1]) - self.done
+
+
 class CausalStepper:
     """Prefill and decode steps of a decoder-only model; it owns no state of its own."""
 
@@ -47,8 +77,8 @@ class CausalStepper:
         self._pad = pad_token_id
         self.bytes_per_token = bytes_per_token
 
-    def prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[CausalRows, torch.Tensor]:
-        """Run new prompts as their own batch; return their rows and next-token logits."""
+    def start(self, prompts: Sequence[Sequence[int]]) -> CausalPrefill:
+        """New prompts as one left-padded batch, nothing computed yet."""
         width = max(len(prompt) for prompt in prompts)
         ids = torch.full((len(prompts), width), self._pad, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -56,16 +86,29 @@ class CausalStepper:
             ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
             mask[row, width - len(prompt) :] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        cache = DynamicCache()
+        return CausalPrefill(ids, mask, positions, slot_cache("left"))
+
+    def advance(
+        self, prefill: CausalPrefill, columns: int
+    ) -> tuple[CausalRows, torch.Tensor] | None:
+        """Compute the next `columns` columns (at least one) of `prefill`; once it is complete,
+        its rows and their next-token logits."""
+        begin = prefill.done
+        end = min(begin + max(1, columns), begin + prefill.remaining)
         hidden = self._body(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
+            input_ids=prefill.ids[:, begin:end],
+            attention_mask=prefill.mask[:, :end],
+            position_ids=prefill.positions[:, begin:end],
+            past_key_values=prefill.cache,
             use_cache=True,
         ).last_hidden_state
-        lengths = mask.sum(dim=1)
-        rows = CausalRows(cache, mask, lengths, next_ids=lengths.new_zeros(len(prompts)))
+        prefill.done = end
+        if prefill.remaining:
+            return None
+        lengths = prefill.mask.sum(dim=1)
+        rows = CausalRows(
+            prefill.cache, prefill.mask, lengths, next_ids=lengths.new_zeros(prefill.size)
+        )
         return rows, self._head(hidden[:, -1])
 
     def decode(self, rows: CausalRows) -> torch.Tensor:
@@ -82,23 +125,28 @@ class CausalStepper:
         return self._head(hidden[:, -1])
 
     def join(self, running: CausalRows, joining: CausalRows) -> CausalRows:
+        """`joining`'s rows after `running`'s (the cache grows in place)."""
         return CausalRows(
-            cache=stack_caches(running.cache, joining.cache, "left"),
+            cache=append_rows(running.cache, joining.cache),
             mask=stack_rows(running.mask, joining.mask, 1, "left"),
             lengths=torch.cat([running.lengths, joining.lengths]),
             next_ids=torch.cat([running.next_ids, joining.next_ids]),
         )
 
-    def keep(self, rows: CausalRows, keep: torch.Tensor) -> CausalRows:
-        """Only the rows `keep`, without the leading columns none of them uses any more."""
-        lengths = rows.lengths[keep]
+    def keep(self, rows: CausalRows, keep: Sequence[int]) -> tuple[CausalRows, list[int]]:
+        """Only the rows `keep` (ascending), without the leading columns none of them uses any
+        more; returns them and which old row each new row is (`compaction_order`)."""
+        order = compaction_order(rows.size, keep)
+        index = torch.tensor(order, dtype=torch.long)
+        lengths = rows.lengths[index]
         width = int(lengths.max())
-        return CausalRows(
-            cache=select_cache(rows.cache, keep, width, "left"),
-            mask=rows.mask[keep, -width:],
+        kept = CausalRows(
+            cache=keep_rows(rows.cache, order, width),
+            mask=rows.mask[index, -width:],
             lengths=lengths,
-            next_ids=rows.next_ids[keep],
+            next_ids=rows.next_ids[index],
         )
+        return kept, order
 
     def cache_bytes(self, rows: CausalRows) -> int:
         return rows.size * rows.columns * self.bytes_per_token

@@ -2,9 +2,11 @@
 
 Sequences join and leave a running batch at any step, so the scheduler
 (`app.serving.scheduler`) can start a request within about one step of its arrival instead of
-after a whole batch. `admit` prefills newcomers as their own batch (for T5: the encoder pass and
-the first decoder step), gives each its first token and stacks their cache rows under the
-running ones; `step` decodes one token for every running row; a row whose sequence is finished
+after a whole batch. `begin` takes newcomers as their own batch, `prefill` computes their
+prompts a chunk of columns at a time (decoder-only; for T5 the encoder pass and the first
+decoder step at once) and, when they are complete, gives each its first token and stacks their
+cache rows under the running ones (`admit` does both in one go); `step` decodes one token for
+every running row; a row whose sequence is finished
 or cancelled leaves the batch (and the cache) right after the step that ended it. The layout
 and the surgery on caches are in `rows.py`, the family specifics in `causal.py` and
 `seq2seq.py`, the per-row token choice in `sampler.py`.
@@ -18,6 +20,7 @@ so rows are concatenated and filtered the way TGI's Python server does it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +41,10 @@ from app.engines.base import (
 from app.engines.constraint_mask import mask_disallowed
 from app.engines.grammar import TokenConstraint
 from app.engines.loading import checkpoint_load_errors, load_tokenizer
-from app.engines.stepwise.causal import CausalStepper
+from app.engines.stepwise.causal import CausalPrefill, CausalStepper
 from app.engines.stepwise.precision import resolve_precision
 from app.engines.stepwise.sampler import BatchSampler, RowLogitsProcessor, RowSampling
-from app.engines.stepwise.seq2seq import Seq2SeqStepper
+from app.engines.stepwise.seq2seq import Seq2SeqPrefill, Seq2SeqStepper
 
 
 def _bytes_per_token(config: Any, family: Family, dtype: torch.dtype) -> int:
@@ -98,6 +101,7 @@ class ContinuousEngine(Engine):
         )
         self._vocab = int(model.get_output_embeddings().out_features)
         self._rows: Any = None
+        self._joining: _Joining | None = None
         self._trackers: list[SequenceTracker] = []
         self._sampler = BatchSampler([], ())
         self._seen = torch.zeros((0, self._vocab), dtype=torch.bool)
@@ -113,39 +117,86 @@ class ContinuousEngine(Engine):
     def track(self, request: EngineRequest) -> SequenceTracker:
         return SequenceTracker(request, self.tokenizer, self.eos_token_ids)
 
+    @property
+    def prefilling(self) -> bool:
+        """Whether prompts are being prefilled (a chunk at a time, see `prefill`)."""
+        return self._joining is not None
+
     def cache_bytes(self) -> int:
-        """KV-cache bytes the running batch holds now (padding included)."""
-        return 0 if self._rows is None else self._stepper.cache_bytes(self._rows)
+        """KV-cache bytes the running batch and the prompts being prefilled hold now (padding
+        included)."""
+        held = 0 if self._rows is None else self._stepper.cache_bytes(self._rows)
+        if self._joining is not None:
+            pending = self._joining.prefill
+            held += pending.size * pending.columns * self._stepper.bytes_per_token
+        return held
 
     def peak_cache_bytes(self, requests: Sequence[EngineRequest]) -> int:
         """The most KV cache `requests` can ever hold running together in one batch."""
         return self._stepper.peak_bytes([(len(r.prompt_ids), self._room(r)) for r in requests])
 
+    def begin(
+        self, trackers: Sequence[SequenceTracker], sampling: Sequence[SamplingParams]
+    ) -> None:
+        """Start prefilling `trackers` as one batch (nothing computed yet; one batch at a
+        time): `prefill` advances it."""
+        if self._joining is not None:
+            raise RuntimeError("a prefill is already in progress")
+        for tracker in trackers:
+            tracker.cap(self._room(tracker.request))
+        samplings = [
+            RowSampling.for_request(params, self._grammar_mask(t.request.constraint))
+            for t, params in zip(trackers, sampling, strict=True)
+        ]
+        prefill = self._stepper.start([t.request.prompt_ids for t in trackers])
+        self._joining = _Joining(list(trackers), samplings, prefill)
+
+    def prefill(self, max_tokens: int) -> int:
+        """Compute about `max_tokens` more prompt tokens of the batch being prefilled (at least
+        one column of it; an encoder-decoder input all at once); once its prompts are done,
+        push their first tokens and let the unfinished rows join the running batch. Returns
+        the tokens computed (padding included)."""
+        joining = self._joining
+        if joining is None:
+            return 0
+        if all(t.request.is_cancelled() for t in joining.trackers):
+            self._joining = None
+            for tracker in joining.trackers:
+                tracker.finish_reason = FinishReason.CANCELLED
+                _report_cancelled(tracker)
+            return 0
+        pending = joining.prefill
+        before = pending.done
+        with torch.inference_mode():
+            done = self._stepper.advance(pending, max(1, max_tokens // pending.size))
+            if done is not None:
+                self._joining = None
+                self._first_tokens(joining, *done)
+        return (pending.done - before) * pending.size
+
     def admit(
         self, trackers: Sequence[SequenceTracker], sampling: Sequence[SamplingParams]
     ) -> None:
-        """Prefill `trackers` as one batch, push their first tokens and let the unfinished
+        """Prefill `trackers` in one pass, push their first tokens and let the unfinished
         ones join the running batch."""
-        with torch.inference_mode():
-            for tracker in trackers:
-                tracker.cap(self._room(tracker.request))
-            rows, logits = self._stepper.prefill([t.request.prompt_ids for t in trackers])
-            samplings = [
-                RowSampling.for_request(params, self._grammar_mask(t.request.constraint))
-                for t, params in zip(trackers, sampling, strict=True)
-            ]
-            seen = torch.zeros((len(trackers), self._vocab), dtype=torch.bool)
-            for row, tracker in enumerate(trackers):
-                context = self._stepper.repetition_context(tracker.request.prompt_ids)
-                seen[row, torch.tensor(context, dtype=torch.long)] = True
-            sampler = BatchSampler(samplings, sorted(self.eos_token_ids))
-            generated = torch.zeros(len(trackers), dtype=torch.long)
-            tokens, logprobs = sampler.choose(logits, seen, generated, self._history(trackers))
-            seen[torch.arange(len(trackers)), tokens] = True
-            rows.next_ids = tokens
-            keep = self._push(trackers, tokens, logprobs)
-            if keep:
-                self._join(rows, trackers, samplings, seen, keep)
+        self.begin(trackers, sampling)
+        while self.prefilling:
+            self.prefill(self._joining.prefill.remaining * self._joining.prefill.size)
+
+    def _first_tokens(self, joining: _Joining, rows: Any, logits: torch.Tensor) -> None:
+        trackers, samplings = joining.trackers, joining.samplings
+        seen = torch.zeros((len(trackers), self._vocab), dtype=torch.bool)
+        for row, tracker in enumerate(trackers):
+            context = self._stepper.repetition_context(tracker.request.prompt_ids)
+            seen[row, torch.tensor(context, dtype=torch.long)] = True
+        sampler = BatchSampler(samplings, sorted(self.eos_token_ids))
+        generated = torch.zeros(len(trackers), dtype=torch.long)
+        tokens, logprobs = sampler.choose(logits, seen, generated, self._history(trackers))
+        seen[torch.arange(len(trackers)), tokens] = True
+        rows.next_ids = tokens
+        keep = self._push(trackers, tokens, logprobs)
+        if keep:
+            self._join(rows, trackers, samplings, seen, keep)
 
     def _join(
         self,
@@ -156,9 +207,9 @@ class ContinuousEngine(Engine):
         keep: list[int],
     ) -> None:
         """Stack the prefilled rows `keep` under the running ones (they hold one token each)."""
-        index = torch.tensor(keep, dtype=torch.long)
         if len(keep) < len(trackers):
-            rows = self._stepper.keep(rows, index)
+            rows, keep = self._stepper.keep(rows, keep)
+        index = torch.tensor(keep, dtype=torch.long)
         self._trackers += [trackers[i] for i in keep]
         self._sampler = BatchSampler(
             [*self._sampler.rows, *(samplings[i] for i in keep)], sorted(self.eos_token_ids)
@@ -188,8 +239,11 @@ class ContinuousEngine(Engine):
         return computed
 
     def abort(self) -> None:
-        """Cancel every running sequence (shutdown): each is answered as cancelled."""
-        for tracker in self._trackers:
+        """Cancel every running sequence and every prompt being prefilled (shutdown): each is
+        answered as cancelled."""
+        joining = [] if self._joining is None else self._joining.trackers
+        self._joining = None
+        for tracker in [*self._trackers, *joining]:
             tracker.finish_reason = FinishReason.CANCELLED
             _report_cancelled(tracker)
         self._keep([])
@@ -247,21 +301,32 @@ class ContinuousEngine(Engine):
         self._keep([row for row, t in enumerate(self._trackers) if not t.done])
 
     def _keep(self, keep: list[int]) -> None:
-        """Only the rows `keep` stay in the batch and the cache."""
+        """Only the rows `keep` (ascending) stay in the batch and the cache; the stepper says
+        in which order, and every per-row state follows it."""
         if not keep:
             self._rows, self._trackers = None, []
             self._sampler = BatchSampler([], ())
             self._seen = self._seen[:0]
             self._generated = self._generated[:0]
             return
+        with torch.inference_mode():  # the caches are inference tensors, changed in place
+            self._rows, keep = self._stepper.keep(self._rows, keep)
         index = torch.tensor(keep, dtype=torch.long)
-        self._rows = self._stepper.keep(self._rows, index)
         self._trackers = [self._trackers[i] for i in keep]
         self._sampler = BatchSampler(
             [self._sampler.rows[i] for i in keep], sorted(self.eos_token_ids)
         )
         self._seen = self._seen[index]
         self._generated = self._generated[index]
+
+
+@dataclass
+class _Joining:
+    """Requests whose prompts are being prefilled, with their rows' sampling settings."""
+
+    trackers: list[SequenceTracker]
+    samplings: list[RowSampling]
+    prefill: CausalPrefill | Seq2SeqPrefill
 
 
 def _report_cancelled(tracker: SequenceTracker) -> None:

@@ -1,4 +1,4 @@
-"""Row and column surgery on padded batch tensors and KV caches.
+"""Row and column surgery on padded per-row tensors (masks); the caches' is in `slots.py`.
 
 A running batch keeps every per-row tensor padded to one width. Decoder caches are left-padded
 (right-aligned): every row writes its next token into the same new column, and a row's real
@@ -13,8 +13,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 Side = Literal["left", "right"]
 
@@ -39,44 +37,4 @@ def stack_rows(first: torch.Tensor, second: torch.Tensor, dim: int, side: Side) 
     width = max(first.shape[dim], second.shape[dim])
     return torch.cat(
         [fit_columns(first, width, dim, side), fit_columns(second, width, dim, side)], dim=0
-    )
-
-
-def cache_tensors(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def cache_from(tensors: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
-    """A cache holding exactly `tensors` (one key/value pair per layer, no copy)."""
-    layers = []
-    for keys, values in tensors:
-        layer = DynamicLayer()
-        layer.lazy_initialization(keys)
-        layer.keys, layer.values = keys, values
-        layers.append(layer)
-    cache = DynamicCache()
-    cache.layers = layers
-    return cache
-
-
-def stack_caches(first: DynamicCache, second: DynamicCache, side: Side) -> DynamicCache:
-    """One cache with the rows of both, padded to the longer one (columns are dim 2)."""
-    return cache_from(
-        [
-            (stack_rows(k1, k2, 2, side), stack_rows(v1, v2, 2, side))
-            for (k1, v1), (k2, v2) in zip(cache_tensors(first), cache_tensors(second), strict=True)
-        ]
-    )
-
-
-def select_cache(cache: DynamicCache, rows: torch.Tensor, width: int, side: Side) -> DynamicCache:
-    """Only `rows`, cut to the `width` columns they still use."""
-    return cache_from(
-        [
-            (
-                fit_columns(keys[rows], width, 2, side),
-                fit_columns(values[rows], width, 2, side),
-            )
-            for keys, values in cache_tensors(cache)
-        ]
     )

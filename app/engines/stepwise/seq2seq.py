@@ -1,7 +1,9 @@
 """Encoder-decoder models (T5, Flan-T5, flant5-dolly) one step at a time.
 
 Joining runs the encoder once over the new inputs and the decoder's first step from the start
-token; that step fills each layer's cross-attention cache, which later steps reuse. The
+token; that step fills each layer's cross-attention cache, which later steps reuse. The encoder
+attends both ways over the whole input, so it is not chunked: an input's prefill is one pass
+(the scheduler bounds how many inputs join in one turn). The
 decoder's self-attention cache is left-padded like a decoder-only cache: T5's relative position
 bias depends only on the distance between query and key, so padding in front of a row changes
 nothing. The cross-attention cache and the encoder mask are right-padded to the longest input.
@@ -18,7 +20,8 @@ import torch
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
-from app.engines.stepwise.rows import select_cache, stack_caches, stack_rows
+from app.engines.stepwise.rows import stack_rows
+from app.engines.stepwise.slots import append_rows, compaction_order, keep_rows, slot_cache
 
 
 @dataclass
@@ -41,6 +44,23 @@ class Seq2SeqRows:
         return EncoderDecoderCache(self.self_cache, self.cross_cache)
 
 
+@dataclass
+class Seq2SeqPrefill:
+    """Inputs waiting for their encoder pass (done in one go, see the module's docstring)."""
+
+    prompts: Sequence[Sequence[int]]
+    done: int = 0  # input columns encoded: none, then all of them
+    columns: int = 0  # cache columns held before the rows run: none
+
+    @property
+    def size(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def remaining(self) -> int:
+        return max(len(prompt) for prompt in self.prompts) - self.done
+
+
 class Seq2SeqStepper:
     """Prefill and decode steps of an encoder-decoder model; it owns no state of its own."""
 
@@ -57,7 +77,13 @@ class Seq2SeqStepper:
         self._dtype = model.dtype
         self.bytes_per_token = bytes_per_token  # the same per decoder and per encoder token
 
-    def prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[Seq2SeqRows, torch.Tensor]:
+    def start(self, prompts: Sequence[Sequence[int]]) -> Seq2SeqPrefill:
+        return Seq2SeqPrefill(prompts)
+
+    def advance(self, prefill: Seq2SeqPrefill, _columns: int) -> tuple[Seq2SeqRows, torch.Tensor]:
+        """The encoder pass and the first decoder step of every input, whatever `_columns`."""
+        prompts = prefill.prompts
+        prefill.done += prefill.remaining
         width = max(len(prompt) for prompt in prompts)
         ids = torch.full((len(prompts), width), self._pad, dtype=torch.long)
         encoder_mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -65,7 +91,7 @@ class Seq2SeqStepper:
             ids[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
             encoder_mask[row, : len(prompt)] = 1
         states = self._encoder(input_ids=ids, attention_mask=encoder_mask).last_hidden_state
-        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        cache = EncoderDecoderCache(slot_cache("left"), slot_cache("right"))
         start = torch.full((len(prompts), 1), self._start, dtype=torch.long)
         logits = self._model(
             encoder_outputs=BaseModelOutput(last_hidden_state=states),
@@ -101,28 +127,34 @@ class Seq2SeqStepper:
         return logits
 
     def join(self, running: Seq2SeqRows, joining: Seq2SeqRows) -> Seq2SeqRows:
+        """`joining`'s rows after `running`'s (the caches grow in place)."""
         return Seq2SeqRows(
-            self_cache=stack_caches(running.self_cache, joining.self_cache, "left"),
-            cross_cache=stack_caches(running.cross_cache, joining.cross_cache, "right"),
+            self_cache=append_rows(running.self_cache, joining.self_cache),
+            cross_cache=append_rows(running.cross_cache, joining.cross_cache),
             mask=stack_rows(running.mask, joining.mask, 1, "left"),
             lengths=torch.cat([running.lengths, joining.lengths]),
             encoder_mask=stack_rows(running.encoder_mask, joining.encoder_mask, 1, "right"),
             next_ids=torch.cat([running.next_ids, joining.next_ids]),
         )
 
-    def keep(self, rows: Seq2SeqRows, keep: torch.Tensor) -> Seq2SeqRows:
-        lengths = rows.lengths[keep]
+    def keep(self, rows: Seq2SeqRows, keep: Sequence[int]) -> tuple[Seq2SeqRows, list[int]]:
+        """Only the rows `keep` (ascending), cut to the columns they use; returns them and
+        which old row each new row is (`compaction_order`)."""
+        order = compaction_order(rows.size, keep)
+        index = torch.tensor(order, dtype=torch.long)
+        lengths = rows.lengths[index]
         width = int(lengths.max())
-        encoder_mask = rows.encoder_mask[keep]
+        encoder_mask = rows.encoder_mask[index]
         encoder_width = int(encoder_mask.sum(dim=1).max())
-        return Seq2SeqRows(
-            self_cache=select_cache(rows.self_cache, keep, width, "left"),
-            cross_cache=select_cache(rows.cross_cache, keep, encoder_width, "right"),
-            mask=rows.mask[keep, -width:],
+        kept = Seq2SeqRows(
+            self_cache=keep_rows(rows.self_cache, order, width),
+            cross_cache=keep_rows(rows.cross_cache, order, encoder_width),
+            mask=rows.mask[index, -width:],
             lengths=lengths,
             encoder_mask=encoder_mask[:, :encoder_width],
-            next_ids=rows.next_ids[keep],
+            next_ids=rows.next_ids[index],
         )
+        return kept, order
 
     def cache_bytes(self, rows: Seq2SeqRows) -> int:
         columns = rows.mask.shape[1] + rows.encoder_mask.shape[1]
