@@ -112,6 +112,14 @@ class ServedModel:
         )
         self.batcher = _queue_for(engine, settings, metrics)
 
+    @property
+    def max_batch_total_tokens(self) -> int:
+        """TGI's `/info` field: the tokens one batch may hold - a window batch's prompt and new
+        tokens, or what one continuous step computes."""
+        if isinstance(self.batcher, StepScheduler):
+            return self.settings.max_batch_total_tokens
+        return self.settings.max_batch_tokens
+
     def close(self) -> None:
         self.batcher.close(timeout=5)
         self.engine.close()

@@ -31,6 +31,7 @@ def test_generate_stream_concurrency_and_disconnect_on_the_continuous_engine() -
         for model in MODELS:
             info = server.get("/info", params={"model": model}).json()
             assert (info["engine"], info["quantization"]) == ("continuous", "float32")
+            assert info["max_batch_total_tokens"] == 512  # the step budget, not the window's
             body = {"inputs": "Name a colour.", "model": model,
                     "parameters": {"max_new_tokens": 6, "details": True}}  # fmt: skip
             generated = server.post("/generate", json=body).json()
