@@ -2,19 +2,24 @@
 
 For the tiny twin of every family and every engine the family supports, float32 greedy tokens
 must equal the reference exactly, one prompt at a time and in one batch of mixed prompt lengths
-(padding). int8 engines must run the same batches without failing and agree with the reference
-on at least INT8_MIN_FIRST_TOKEN_AGREEMENT of the first generated tokens. Twins have random
-weights with a wide spread, so int8 rounding flips near-ties far more often than on trained
-weights (measured on this suite's twins: 0.33-1.00 first-token agreement); the bound catches a
-broken quantised model (which agrees on roughly nothing), not a slightly worse one.
+(padding). int8 engines must run the same batches without failing, and their first generated
+token must rank high in the reference's float32 scores: median rank at most
+INT8_MAX_MEDIAN_FIRST_TOKEN_RANK (0 = the reference's own choice). Twins have random weights, so
+their scores are full of near-ties and int8 rounding flips the argmax often: exact first-token
+agreement ranged 0.33-1.00 on AVX512 hosts and fell to 0.08-0.17 for CTranslate2's T5 models on
+a 2-core AVX2-only AMD host, where the int8 choices still ranked 0-425 of 32,128 but once
+(median 11.5 on LaMini-Flan-T5's tiny twin). A broken quantised model picks tokens of median
+rank around half the vocabulary, so the bound catches it on every host.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from app.core.engine_kinds import EngineKind
 from app.core.families import get_family
@@ -27,7 +32,8 @@ from model_store.sources import ModelSource, resolve_source
 from tests.support.instructions import INSTRUCTIONS
 from tests.support.twins import FAMILY_TWINS
 
-INT8_MIN_FIRST_TOKEN_AGREEMENT = 0.25
+INT8_MIN_FIRST_TOKEN_AGREEMENT = 0.25  # CUDA half precision: exact first-token agreement
+INT8_MAX_MEDIAN_FIRST_TOKEN_RANK = 100
 MAX_NEW_TOKENS = 8
 # One prompt at a time is slow on the reference (a generate call each): a subset suffices there.
 SINGLE_PROMPTS = 5
@@ -133,17 +139,41 @@ def test_float32_greedy_tokens_equal_transformers(
 @pytest.mark.slow
 @pytest.mark.parametrize(("family", "kind"), INT8_CASES)
 def test_int8_engines_run_batches_and_mostly_agree(
-    family: str, kind: EngineKind, expected_tokens: Callable, converted: Callable
+    family: str,
+    kind: EngineKind,
+    expected_tokens: Callable,
+    converted: Callable,
+    reference: Callable,
 ) -> None:
     engine = converted(family, kind, "int8")
     prompts = _prompts(engine)
 
     report = _batched_report(engine, expected_tokens)
+    ranks = _first_token_ranks(reference(family), prompts, report.candidate)
 
     assert engine.info.quantization.startswith("int8")
     assert len(report.candidate) == len(prompts)
     assert all(0 < len(tokens) <= MAX_NEW_TOKENS for tokens in report.candidate)
-    assert report.first_token_agreement >= INT8_MIN_FIRST_TOKEN_AGREEMENT, report
+    assert statistics.median(ranks) <= INT8_MAX_MEDIAN_FIRST_TOKEN_RANK, (ranks, report)
+
+
+def _first_token_ranks(
+    reference: TransformersEngine, prompts: list[list[int]], candidates: list[list[int]]
+) -> list[int]:
+    """Where each candidate's first token ranks in the reference's float32 scores for that
+    position (0: the reference's own greedy choice)."""
+    model = reference.model
+    ranks = []
+    with torch.inference_mode():
+        for prompt, candidate in zip(prompts, candidates, strict=True):
+            ids = torch.tensor([prompt])
+            if reference.family.is_seq2seq:
+                start = torch.tensor([[model.config.decoder_start_token_id]])
+                scores = model(input_ids=ids, decoder_input_ids=start).logits[0, -1]
+            else:
+                scores = model(input_ids=ids).logits[0, -1]
+            ranks.append(int((scores > scores[candidate[0]]).sum()))
+    return ranks
 
 
 def _ct2_sees_cuda() -> bool:
