@@ -4,6 +4,7 @@ settings, seeds, cancellation and the per-row logits hook work inside one shared
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from app.engines.base import EngineRequest, FinishReason, Generation, SamplingPa
 from app.engines.stepwise.engine import ContinuousEngine
 from app.engines.transformers_engine import TransformersEngine
 from tests.support.instructions import INSTRUCTIONS
+from tests.support.ranks import first_token_ranks
 from tests.support.twins import FAMILY_TWINS
 
 GREEDY = SamplingParams()
@@ -26,13 +28,12 @@ PROMPTS = (
     "What is 2+2?",
     "Explain gravity to a child in simple words, please, with an example.",
 )
-# A lower precision against float32: the first greedy token of each of the 12 instructions on
-# this suite's tiny twins (random weights, so near-ties are common). Measured, bfloat16: GPT-2
-# 0.83, Flan-T5 0.83, T5 0.92, OPT 1.0, GPT-Neo 1.0; int8: GPT-2 0.67, Flan-T5 0.50 (the
-# CTranslate2 int8 models of tests/engines/test_parity.py: 0.33-1.00, bound 0.25 there). Later
-# tokens follow diverged prefixes (bfloat16: 0.36-0.88 of all 8 tokens agree), so the first
-# token is the fair measure; the bound catches a broken path, not a slightly worse one.
-MIN_FIRST_TOKEN_AGREEMENT = {"bfloat16": 0.75, "int8": 0.25}
+# A lower precision against float32: where each first greedy token of the 12 instructions ranks
+# in the float32 model's scores (tests/support/ranks.py). Measured on this suite's tiny twins
+# (2-core AVX2-only host): exact first-token agreement bfloat16 GPT-2 0.83, Flan-T5 0.83 (0.83-1.0
+# for every family on an AVX512-BF16 host); int8 GPT-2 0.67, Flan-T5 0.50. The bound catches a
+# broken path, whose tokens rank around half the vocabulary.
+MAX_MEDIAN_FIRST_TOKEN_RANK = 100
 
 
 @pytest.fixture(scope="module")
@@ -222,9 +223,9 @@ def test_lower_precision_agrees_with_float32(tiny_twin, engines, family_name, pr
     exact = [g.token_ids for g in engine.generate(requests, GREEDY)]
     approx = [g.token_ids for g in lower.generate(requests, GREEDY)]
 
-    agreement = sum(a == b for a, b in zip(exact, approx, strict=True)) / len(requests)
+    ranks = first_token_ranks(engine.model, [r.prompt_ids for r in requests], approx)
     assert lower.info.quantization == precision
-    assert agreement >= MIN_FIRST_TOKEN_AGREEMENT[precision], agreement
+    assert statistics.median(ranks) <= MAX_MEDIAN_FIRST_TOKEN_RANK, (ranks, exact, approx)
 
 
 def test_info_and_cache_accounting(engines) -> None:

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
 from app.core.engine_kinds import EngineKind
 from app.core.families import get_family
@@ -30,6 +29,7 @@ from conversion.parity import ParityReport, greedy_tokens
 from model_store.resolver import ensure_converted, open_engine
 from model_store.sources import ModelSource, resolve_source
 from tests.support.instructions import INSTRUCTIONS
+from tests.support.ranks import first_token_ranks
 from tests.support.twins import FAMILY_TWINS
 
 INT8_MIN_FIRST_TOKEN_AGREEMENT = 0.25  # CUDA half precision: exact first-token agreement
@@ -149,31 +149,12 @@ def test_int8_engines_run_batches_and_mostly_agree(
     prompts = _prompts(engine)
 
     report = _batched_report(engine, expected_tokens)
-    ranks = _first_token_ranks(reference(family), prompts, report.candidate)
+    ranks = first_token_ranks(reference(family).model, prompts, report.candidate)
 
     assert engine.info.quantization.startswith("int8")
     assert len(report.candidate) == len(prompts)
     assert all(0 < len(tokens) <= MAX_NEW_TOKENS for tokens in report.candidate)
     assert statistics.median(ranks) <= INT8_MAX_MEDIAN_FIRST_TOKEN_RANK, (ranks, report)
-
-
-def _first_token_ranks(
-    reference: TransformersEngine, prompts: list[list[int]], candidates: list[list[int]]
-) -> list[int]:
-    """Where each candidate's first token ranks in the reference's float32 scores for that
-    position (0: the reference's own greedy choice)."""
-    model = reference.model
-    ranks = []
-    with torch.inference_mode():
-        for prompt, candidate in zip(prompts, candidates, strict=True):
-            ids = torch.tensor([prompt])
-            if reference.family.is_seq2seq:
-                start = torch.tensor([[model.config.decoder_start_token_id]])
-                scores = model(input_ids=ids, decoder_input_ids=start).logits[0, -1]
-            else:
-                scores = model(input_ids=ids).logits[0, -1]
-            ranks.append(int((scores > scores[candidate[0]]).sum()))
-    return ranks
 
 
 def _ct2_sees_cuda() -> bool:
