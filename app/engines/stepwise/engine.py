@@ -6,15 +6,17 @@ after a whole batch. `begin` takes newcomers as their own batch, `prefill` compu
 prompts a chunk of columns at a time (decoder-only; for T5 the encoder pass and the first
 decoder step at once) and, when they are complete, gives each its first token and stacks their
 cache rows under the running ones (`admit` does both in one go); `step` decodes one token for
-every running row; a row whose sequence is finished
-or cancelled leaves the batch (and the cache) right after the step that ended it. The layout
-and the surgery on caches are in `rows.py`, the family specifics in `causal.py` and
-`seq2seq.py`, the per-row token choice in `sampler.py`.
+every running row; a row whose sequence is finished or cancelled leaves the batch (and the
+cache) right after the step that ended it. The KV cache is in `slots.py` (rows join and leave
+it without copying the others), the padding of per-row tensors in `rows.py`, the family
+specifics in `causal.py` and `seq2seq.py`, the per-row token choice in `sampler.py`.
 
-Design, measured (full GPT-124M twin, 2 threads, bfloat16, past of 100 tokens, a busy host):
-growing transformers' `DynamicCache` by concatenation was as fast as a preallocated buffer
-written in place (decode step at batch 1 / 8 / 32: 37 / 43 / 124 ms against 41 / 61 / 124 ms),
-so rows are concatenated and filtered the way TGI's Python server does it.
+Design, measured: on a busy AVX512-BF16 host (full GPT-124M twin, 2 threads, bfloat16, past of
+100 tokens) growing transformers' `DynamicCache` by concatenation was as fast as a
+preallocated buffer written in place (decode step at batch 1 / 8 / 32: 37 / 43 / 124 ms
+against 41 / 61 / 124 ms); on an idle AVX2-only host in int8 the concatenation was 27 % of a
+batch-32 step and each join or filter copied the whole cache (140 / 180 ms), so the cache is
+now preallocated slots (see `slots.py` for the numbers).
 """
 
 from __future__ import annotations
@@ -161,9 +163,7 @@ class ContinuousEngine(Engine):
             return 0
         if all(t.request.is_cancelled() for t in joining.trackers):
             self._joining = None
-            for tracker in joining.trackers:
-                tracker.finish_reason = FinishReason.CANCELLED
-                _report_cancelled(tracker)
+            _cancel(joining.trackers)
             return 0
         pending = joining.prefill
         before = pending.done
@@ -243,9 +243,7 @@ class ContinuousEngine(Engine):
         answered as cancelled."""
         joining = [] if self._joining is None else self._joining.trackers
         self._joining = None
-        for tracker in [*self._trackers, *joining]:
-            tracker.finish_reason = FinishReason.CANCELLED
-            _report_cancelled(tracker)
+        _cancel([*self._trackers, *joining])
         self._keep([])
 
     # --- the synchronous Engine API (CLI, parity checks): one batch, joined all at once ------
@@ -295,9 +293,7 @@ class ContinuousEngine(Engine):
         cancelled = [t for t in self._trackers if t.request.is_cancelled()]
         if not cancelled:
             return
-        for tracker in cancelled:
-            tracker.finish_reason = FinishReason.CANCELLED
-            _report_cancelled(tracker)
+        _cancel(cancelled)
         self._keep([row for row, t in enumerate(self._trackers) if not t.done])
 
     def _keep(self, keep: list[int]) -> None:
@@ -327,6 +323,13 @@ class _Joining:
     trackers: list[SequenceTracker]
     samplings: list[RowSampling]
     prefill: CausalPrefill | Seq2SeqPrefill
+
+
+def _cancel(trackers: Sequence[SequenceTracker]) -> None:
+    """Finish `trackers` as cancelled and answer each."""
+    for tracker in trackers:
+        tracker.finish_reason = FinishReason.CANCELLED
+        _report_cancelled(tracker)
 
 
 def _report_cancelled(tracker: SequenceTracker) -> None:
