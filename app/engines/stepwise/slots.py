@@ -111,7 +111,7 @@ class SlotLayer(DynamicLayer):
         if rows <= capacity_rows and self.start >= left and self.end + right <= capacity_columns:
             return
         live = self.end - self.start
-        new_rows = max(rows, capacity_rows) if rows <= capacity_rows else rows + max(1, rows // 4)
+        new_rows = capacity_rows if rows <= capacity_rows else rows + max(1, rows // 4)
         new_start = left
         new_columns = left + live + right + SPARE_COLUMNS
         shape = (new_rows, like.shape[1], new_columns, like.shape[3])
