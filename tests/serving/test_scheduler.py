@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -58,22 +59,30 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, {"model": "m", **labels}) or 0.0
 
 
-def test_a_request_joins_a_running_batch_and_finishes_first(loaded, metrics) -> None:
-    long_tokens: list[GeneratedToken] = []
-    started = threading.Event()
+@dataclass
+class TokenRecorder:
+    """A request's tokens as they stream, and an event once `after` of them have come."""
 
-    def on_long_token(token: GeneratedToken, _last: bool) -> None:
-        long_tokens.append(token)
-        if len(long_tokens) == 5:
-            started.set()
+    after: int
+    tokens: list[GeneratedToken] = field(default_factory=list)
+    started: threading.Event = field(default_factory=threading.Event)
+
+    def __call__(self, token: GeneratedToken, _last: bool) -> None:
+        self.tokens.append(token)
+        if len(self.tokens) == self.after:
+            self.started.set()
+
+
+def test_a_request_joins_a_running_batch_and_finishes_first(loaded, metrics) -> None:
+    long_tokens = TokenRecorder(after=5)
 
     with make_scheduler(loaded, metrics) as scheduler:
         ids = prompt(loaded, "Tell me a long story about a dragon.")
-        long = scheduler.submit(ids, LONG, GREEDY, on_token=on_long_token)
-        assert started.wait(30)
+        long = scheduler.submit(ids, LONG, GREEDY, on_token=long_tokens)
+        assert long_tokens.started.wait(30)
         short = scheduler.submit(prompt(loaded, "Hi"), SHORT, GREEDY)
         short_generation = short.future.result(timeout=30)
-        tokens_when_short_finished = len(long_tokens)
+        tokens_when_short_finished = len(long_tokens.tokens)
         long_generation = long.future.result(timeout=60)
 
     assert len(short_generation.tokens) == SHORT
@@ -89,25 +98,19 @@ def test_a_request_joins_a_running_batch_and_finishes_first(loaded, metrics) -> 
 
 def test_a_long_prompt_is_prefilled_in_chunks_while_the_batch_decodes(loaded, metrics) -> None:
     budget = 9  # one running row leaves 8 prompt tokens per turn
-    running_tokens: list[GeneratedToken] = []
+    running_tokens = TokenRecorder(after=3)
     first_token_after: list[int] = []
-    started = threading.Event()
-
-    def on_running_token(token: GeneratedToken, _last: bool) -> None:
-        running_tokens.append(token)
-        if len(running_tokens) == 3:
-            started.set()
 
     def on_joined_token(_token: GeneratedToken, _last: bool) -> None:
         if not first_token_after:
-            first_token_after.append(len(running_tokens))
+            first_token_after.append(len(running_tokens.tokens))
 
     with make_scheduler(loaded, metrics, max_batch_total_tokens=budget) as scheduler:
         ids = prompt(loaded, "Tell me a long story about a dragon.")
-        running = scheduler.submit(ids, LONG, GREEDY, on_token=on_running_token)
-        assert started.wait(30)
+        running = scheduler.submit(ids, LONG, GREEDY, on_token=running_tokens)
+        assert running_tokens.started.wait(30)
         long_ids = prompt(loaded, "Describe the history of every ocean on the planet. " * 3)
-        before = len(running_tokens)
+        before = len(running_tokens.tokens)
         joined = scheduler.submit(long_ids, SHORT, GREEDY, on_token=on_joined_token)
         generation = joined.future.result(timeout=60)
         running.future.result(timeout=60)
