@@ -20,6 +20,9 @@ batch at a time:
   ever reach with it (every row as long as the longest one can grow) fits. When it does not,
   requests wait for sequences to leave; one that could never fit is refused at submit.
 Past `max_queue_size` waiting requests, submit raises `OverloadedError` (429) as the batcher does.
+
+The worker thread is the only one that computes with the engine while it serves, so the process
+keeps one OpenMP team (`app/engines/stepwise/threads.py` measures what a second one costs).
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class StepScheduler(TicketQueue):
     # --- worker thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
+        self._engine.compute_here()
         while (joining := self._next_joining()) is not None:
             try:
                 if joining:

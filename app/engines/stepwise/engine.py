@@ -47,6 +47,7 @@ from app.engines.stepwise.causal import CausalPrefill, CausalStepper
 from app.engines.stepwise.precision import resolve_precision
 from app.engines.stepwise.sampler import BatchSampler, RowLogitsProcessor, RowSampling
 from app.engines.stepwise.seq2seq import Seq2SeqPrefill, Seq2SeqStepper
+from app.engines.stepwise.threads import compute_on_this_thread, without_thread_team
 
 
 def _bytes_per_token(config: Any, family: Family, dtype: torch.dtype) -> int:
@@ -75,16 +76,16 @@ class ContinuousEngine(Engine):
     ) -> None:
         self.family = family
         self.device = torch.device(device)
-        if threads:
-            torch.set_num_threads(threads)
+        self.threads = threads or torch.get_num_threads()
         chosen = resolve_precision(precision, self.device.type)
         auto_model = AutoModelForSeq2SeqLM if family.is_seq2seq else AutoModelForCausalLM
         self.tokenizer = load_tokenizer(checkpoint_dir, family)
-        with checkpoint_load_errors(checkpoint_dir, family, "transformers"):
+        with without_thread_team(), checkpoint_load_errors(checkpoint_dir, family, "transformers"):
             model = auto_model.from_pretrained(
                 str(checkpoint_dir), dtype=chosen.dtype, trust_remote_code=False
             )
-        self.model = chosen.apply(model.to(self.device).eval())
+            self.model = chosen.apply(model.to(self.device).eval())
+        self.compute_here()  # the synchronous API computes on the loading thread
         pad = self.tokenizer.pad_token_id
         pad = pad if pad is not None else self.tokenizer.eos_token_id
         per_token = _bytes_per_token(model.config, family, chosen.dtype)
@@ -110,6 +111,10 @@ class ContinuousEngine(Engine):
         self._generated = torch.zeros(0, dtype=torch.long)
 
     # --- what the scheduler asks -------------------------------------------------------------
+
+    def compute_here(self) -> None:
+        """Make the calling thread the one that computes (`threads.py` says why only one)."""
+        compute_on_this_thread(self.threads)
 
     @property
     def running(self) -> int:
