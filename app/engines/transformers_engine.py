@@ -23,6 +23,7 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     GenerationConfig,
     LogitsProcessorList,
+    PreTrainedModel,
     StoppingCriteriaList,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
@@ -162,11 +163,7 @@ class TransformersEngine(Engine):
         )
 
     def next_token_logprobs(self, ids: list[int]) -> np.ndarray:
-        """One forward pass over `ids` (decoder-only models)."""
-        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
-        with torch.inference_mode():
-            logits = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
-            return torch.log_softmax(logits.logits[0].float(), dim=-1).cpu().numpy()
+        return causal_next_token_logprobs(self.model, ids)
 
     def _padded_batch(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Input ids and attention mask; decoder-only prompts are left-padded so that every
@@ -235,3 +232,12 @@ class TransformersEngine(Engine):
                 ),
                 stopping_criteria=StoppingCriteriaList([feed]),
             )
+
+
+def causal_next_token_logprobs(model: PreTrainedModel, ids: list[int]) -> np.ndarray:
+    """`Engine.next_token_logprobs` of a transformers decoder-only model: one forward pass over
+    `ids`, log-softmax in float32."""
+    input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)
+    with torch.inference_mode():
+        logits = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+        return torch.log_softmax(logits.logits[0].float(), dim=-1).cpu().numpy()

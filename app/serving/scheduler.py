@@ -21,19 +21,22 @@ batch at a time:
   requests wait for sequences to leave; one that could never fit is refused at submit.
 Past `max_queue_size` waiting requests, submit raises `OverloadedError` (429) as the batcher does.
 
-The worker thread is the only one that computes with the engine while it serves, so the process
-keeps one OpenMP team (`app/engines/stepwise/threads.py` measures what a second one costs).
+The worker thread is the only one that computes with the engine while it serves: anything else
+(prompt scoring) is handed to it with `call` and runs between two turns, so the process keeps
+one OpenMP team (`app/engines/stepwise/threads.py` measures what a second one costs).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from app.serving.batching import Ticket, TicketQueue
-from app.serving.errors import InvalidRequestError
+from app.serving.errors import InvalidRequestError, UnavailableError
 from app.serving.metrics import ModelMetrics
 from app.settings import Settings
 
@@ -61,7 +64,18 @@ class StepScheduler(TicketQueue):
         self._engine = engine
         self._limits = limits
         self._running: list[Ticket] = []
+        self._calls: list[tuple[Callable[[], Any], Future[Any]]] = []
         self._thread.start()
+
+    def call(self, function: Callable[[], Any]) -> Future[Any]:
+        """Run `function` on the engine's thread between two turns; its result or error."""
+        future: Future[Any] = Future()
+        with self._condition:
+            if self._closed:
+                raise UnavailableError("the server is shutting down; retry on another replica")
+            self._calls.append((function, future))
+            self._condition.notify()
+        return future
 
     def _check(self, ticket: Ticket) -> None:
         """A request that could never fit the KV-cache budget is refused (400), not queued."""
@@ -78,6 +92,7 @@ class StepScheduler(TicketQueue):
     def _run(self) -> None:
         self._engine.compute_here()
         while (joining := self._next_joining()) is not None:
+            self._run_calls()
             try:
                 if joining:
                     self._begin(joining)
@@ -91,12 +106,26 @@ class StepScheduler(TicketQueue):
             self._running = [t for t in self._running if not t.future.done()]
             self._observe_batch()
         self._engine.abort()
+        self._run_calls()
+
+    def _run_calls(self) -> None:
+        """Run the calls handed over since the last turn (after close: refuse them)."""
+        with self._condition:
+            calls, self._calls = self._calls, []
+        for function, future in calls:
+            if self._closed:
+                future.set_exception(UnavailableError("the server is shutting down"))
+            elif future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(function())
+                except Exception as exc:  # the caller's error, raised where it waits
+                    future.set_exception(exc)
 
     def _next_joining(self) -> list[Ticket] | None:
         """The requests that join at this turn (maybe none); blocks while there is nothing to
         do; None once closed."""
         with self._condition:
-            while not (self._queue or self._busy or self._closed):
+            while not (self._queue or self._busy or self._calls or self._closed):
                 self._condition.wait()
             if self._closed:
                 return None

@@ -10,6 +10,7 @@ Nothing here knows any API's wire format.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
@@ -153,10 +154,14 @@ class ServedModel:
 
     async def score(self, ids: Sequence[int], top_n: int, param: str) -> list[TokenScore]:
         """Each token's log-probability given the ones before it, with the `top_n` likeliest
-        alternatives (OpenAI's `echo` + `logprobs`); off the event loop, beside the batcher
-        (a forward pass shares nothing with a running generation)."""
+        alternatives (OpenAI's `echo` + `logprobs`); off the event loop: beside the batcher
+        (a forward pass shares nothing with a running generation), or between two steps on
+        the continuous engine's own thread (the one thread that computes with it)."""
         self.check_scoring(param)
-        return await asyncio.to_thread(self.engine.score, list(ids), top_n)
+        scoring = functools.partial(self.engine.score, list(ids), top_n)
+        if isinstance(self.batcher, StepScheduler):
+            return await asyncio.wrap_future(self.batcher.call(scoring))
+        return await asyncio.to_thread(scoring)
 
     def check_scoring(self, param: str) -> None:
         """Refuse, before generating anything, a request whose answer needs `score` (`param`

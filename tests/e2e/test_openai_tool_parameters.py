@@ -1,4 +1,5 @@
-"""What benchmark and evaluation clients send, on real servers (transformers and CTranslate2):
+"""What benchmark and evaluation clients send, on real servers (transformers, CTranslate2 and
+the continuous engine):
 echo + logprobs prompt scoring, token-id prompts, ignore_eos, min_tokens, continuous usage,
 top_k -1 and beyond the vocabulary, response_format by constrained decoding, the placeholder
 model names of TGI clients, and the tokenizer routes."""
@@ -31,6 +32,14 @@ def server(tiny_twin: Callable[[str], Path]) -> Iterator[RunningServer]:
 def ct2_server(tiny_twin: Callable[[str], Path]) -> Iterator[RunningServer]:
     tiny_twin(GPT_HUB_ID)
     env = {"LAMINI_ENGINE": "ct2", "LAMINI_QUANTIZATION": "float32"}
+    with running_server([GPT], env=env) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def continuous_server(tiny_twin: Callable[[str], Path]) -> Iterator[RunningServer]:
+    tiny_twin(GPT_HUB_ID)
+    env = {"LAMINI_ENGINE": "continuous", "LAMINI_QUANTIZATION": "float32"}
     with running_server([GPT], env=env) as running:
         yield running
 
@@ -72,12 +81,15 @@ def test_echo_scores_the_prompt_as_sent(server: RunningServer) -> None:
     assert choice["text"][start:].startswith(generated.lstrip())
 
 
-def test_echo_scores_agree_across_engines(server: RunningServer, ct2_server: RunningServer) -> None:
+def test_echo_scores_agree_across_engines(
+    server: RunningServer, ct2_server: RunningServer, continuous_server: RunningServer
+) -> None:
     fields = {"prompt": PROMPT_IDS, "max_tokens": 1, "logprobs": 2, "echo": True}
     reference = complete(server, **fields)["choices"][0]["logprobs"]["token_logprobs"]
-    ct2 = complete(ct2_server, **fields)["choices"][0]["logprobs"]["token_logprobs"]
-    assert ct2[0] is None
-    assert ct2[1:] == pytest.approx(reference[1:], abs=1e-3)
+    for other in (ct2_server, continuous_server):
+        scores = complete(other, **fields)["choices"][0]["logprobs"]["token_logprobs"]
+        assert scores[0] is None
+        assert scores[1:] == pytest.approx(reference[1:], abs=1e-3)
 
 
 def test_text_offsets_point_into_the_returned_text(server: RunningServer) -> None:

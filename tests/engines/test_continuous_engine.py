@@ -240,6 +240,7 @@ def test_info_and_cache_accounting(engines) -> None:
     _run_until_done(engine)
 
     assert engine.info.kind is EngineKind.CONTINUOUS
+    assert engine.info.vocab_size == config.vocab_size
     assert held == len(request.prompt_ids) * per_token
     assert peak == (len(request.prompt_ids) + 6) * per_token
     assert engine.cache_bytes() == 0
@@ -261,3 +262,17 @@ def test_sampling_cut_to_one_token_is_greedy(engines, narrow: SamplingParams) ->
     sampled = [g.token_ids for g in engine.generate(requests, narrow)]
 
     assert sampled == greedy
+
+
+def test_prompt_scores_equal_the_reference_engines(engines) -> None:
+    engine, reference = engines("lamini-gpt")
+    ids = _request(engine, PROMPTS[3], 1).prompt_ids
+
+    scores, expected = engine.score(ids, top_n=3), reference.score(ids, top_n=3)
+
+    assert [s.id for s in scores] == ids
+    assert [s.top for s in scores[1:]] != [()] * (len(ids) - 1)
+    np.testing.assert_allclose(
+        [s.logprob for s in scores[1:]], [s.logprob for s in expected[1:]], atol=1e-4
+    )
+    assert [[t for t, _ in s.top] for s in scores] == [[t for t, _ in s.top] for s in expected]

@@ -187,3 +187,37 @@ def test_cancel_frees_the_row_and_close_answers_everyone(loaded, metrics) -> Non
     with pytest.raises(CancelledError):
         queued.future.result(timeout=5)
     assert left_running.future.result(timeout=5).finish_reason is FinishReason.CANCELLED
+
+
+def test_calls_run_on_the_scheduler_thread_between_steps(loaded, metrics) -> None:
+    running_tokens = TokenRecorder(after=3)
+    stepping_threads: set[str] = set()
+
+    def on_token(token: GeneratedToken, last: bool) -> None:
+        stepping_threads.add(threading.current_thread().name)
+        running_tokens(token, last)
+
+    def where() -> tuple[str, int]:
+        return threading.current_thread().name, len(running_tokens.tokens)
+
+    def fails() -> None:
+        raise ValueError("the caller's own error")
+
+    with make_scheduler(loaded, metrics) as scheduler:
+        ids = prompt(loaded, "Tell me a story.")
+        running = scheduler.submit(ids, LONG, GREEDY, on_token=on_token)
+        assert running_tokens.started.wait(30)
+        thread_name, tokens_before = scheduler.call(where).result(timeout=30)
+        with pytest.raises(ValueError, match="own error"):
+            scheduler.call(fails).result(timeout=30)
+        generation = running.future.result(timeout=60)
+        idle_thread_name, _ = scheduler.call(where).result(timeout=30)  # nothing running
+        scheduler.close(timeout=30)
+        with pytest.raises(UnavailableError):
+            scheduler.call(where)
+
+    assert stepping_threads == {thread_name} == {idle_thread_name}
+    assert thread_name != threading.current_thread().name
+    assert 3 <= tokens_before < LONG
+    assert len(generation.tokens) == LONG
+    assert generation.token_ids == loaded.engine.generate([running.request], GREEDY)[0].token_ids

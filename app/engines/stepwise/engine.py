@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
@@ -39,6 +40,7 @@ from app.engines.base import (
     SamplingParams,
     SequenceTracker,
     limits_from_config,
+    vocab_size_from_config,
 )
 from app.engines.constraint_mask import mask_disallowed
 from app.engines.grammar import TokenConstraint
@@ -48,6 +50,7 @@ from app.engines.stepwise.precision import resolve_precision
 from app.engines.stepwise.sampler import BatchSampler, RowLogitsProcessor, RowSampling
 from app.engines.stepwise.seq2seq import Seq2SeqPrefill, Seq2SeqStepper
 from app.engines.stepwise.threads import compute_on_this_thread, without_thread_team
+from app.engines.transformers_engine import causal_next_token_logprobs
 
 
 def _bytes_per_token(config: Any, family: Family, dtype: torch.dtype) -> int:
@@ -101,6 +104,7 @@ class ContinuousEngine(Engine):
             quantization=chosen.name,
             max_input_tokens=max_input,
             max_total_tokens=max_total,
+            vocab_size=vocab_size_from_config(model.config),
         )
         self._vocab = int(model.get_output_embeddings().out_features)
         self._rows: Any = None
@@ -111,6 +115,11 @@ class ContinuousEngine(Engine):
         self._generated = torch.zeros(0, dtype=torch.long)
 
     # --- what the scheduler asks -------------------------------------------------------------
+
+    def next_token_logprobs(self, ids: list[int]) -> np.ndarray:
+        """Prompt scoring (decoder-only): a forward pass of its own, sharing no cache with the
+        running batch; the scheduler runs it on the engine's thread between two steps."""
+        return causal_next_token_logprobs(self.model, ids)
 
     def compute_here(self) -> None:
         """Make the calling thread the one that computes (`threads.py` says why only one)."""
