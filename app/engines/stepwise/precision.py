@@ -8,11 +8,16 @@ traffic, and the fewer bytes per weight the faster:
   AVX2, qnnpack on ARM); attention, norms, embeddings and the KV cache stay in float32. Measured
   on a 2-core AVX2-only AMD EPYC guest (full GPT-124M twin, past of 100 tokens, 2 threads), one
   decode step at batch 1 / 8 / 32: 22.7 / 54.8 / 210 ms against 59.8 / 201 / 345 ms in float32
-  (CTranslate2 int8 on the same machine: 18.1 / 62.6 / 196 ms). The default on such CPUs.
+  (CTranslate2 int8 on the same machine: 18.1 / 62.6 / 196 ms). The default on every x86 CPU
+  with AVX2, those with native bfloat16 included: on a 2-core Intel Xeon with AMX, batch 1 /
+  8 / 32 took 8.0 / 16.8 / 36.2 ms in int8 against 25.9 / 27.3 / 43.6 ms in bfloat16, and on a
+  2-core AMD EPYC with AVX512-BF16 (no AMX) 11.2 / 23.6 / 54.6 ms against 25.1 / 38.0 / 82.7.
 - bfloat16 halves the weights' and the KV cache's traffic, and on CPUs with AVX512-BF16 or AMX
-  oneDNN runs its matrix products natively (measured on such a CPU, GPT-124M decode step at
-  batch 32: 54 ms against 94 ms in float32). CPUs without those instructions emulate it, slower
-  than float32. Selectable; the default on CUDA where the GPU has it.
+  oneDNN runs its matrix products natively (float32 on the AMX Xeon: 22.6 / 51.6 / 76.5 ms).
+  Its prefill of large batches is the fastest there is on the AVX512-BF16 EPYC (100 tokens x 32
+  rows: 2.0 s against 3.6 s in int8), but decode steps dominate an answer. CPUs without those
+  instructions emulate it, slower than float32. Selectable; the default on CUDA where the GPU
+  has it.
 - float32 can always be asked for (`quantization=float32`): what the parity tests pin, and the
   CPU default where no int8 kernel exists (x86 without AVX2).
 """
