@@ -28,20 +28,22 @@ def server(tiny_twin: Callable[[str], Path]) -> Iterator[RunningServer]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def ct2_server(tiny_twin: Callable[[str], Path]) -> Iterator[RunningServer]:
+def float32_server(tiny_twin: Callable[[str], Path], engine: str) -> Iterator[RunningServer]:
+    """A server of the GPT twin on `engine`, in float32 (so its scores match transformers')."""
     tiny_twin(GPT_HUB_ID)
-    env = {"LAMINI_ENGINE": "ct2", "LAMINI_QUANTIZATION": "float32"}
+    env = {"LAMINI_ENGINE": engine, "LAMINI_QUANTIZATION": "float32"}
     with running_server([GPT], env=env) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def ct2_server(tiny_twin: Callable[[str], Path]) -> Iterator[RunningServer]:
+    yield from float32_server(tiny_twin, "ct2")
 
 
 @pytest.fixture(scope="module")
 def continuous_server(tiny_twin: Callable[[str], Path]) -> Iterator[RunningServer]:
-    tiny_twin(GPT_HUB_ID)
-    env = {"LAMINI_ENGINE": "continuous", "LAMINI_QUANTIZATION": "float32"}
-    with running_server([GPT], env=env) as running:
-        yield running
+    yield from float32_server(tiny_twin, "continuous")
 
 
 def complete(server: RunningServer, **fields: Any) -> dict[str, Any]:
