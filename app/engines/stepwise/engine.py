@@ -46,7 +46,7 @@ from app.engines.constraint_mask import mask_disallowed
 from app.engines.grammar import TokenConstraint
 from app.engines.loading import checkpoint_load_errors, load_tokenizer
 from app.engines.stepwise.causal import CausalPrefill, CausalStepper
-from app.engines.stepwise.precision import resolve_precision
+from app.engines.stepwise.precision import resolve_precision, return_freed_memory
 from app.engines.stepwise.sampler import BatchSampler, RowLogitsProcessor, RowSampling
 from app.engines.stepwise.seq2seq import Seq2SeqPrefill, Seq2SeqStepper
 from app.engines.stepwise.threads import compute_on_this_thread, without_thread_team
@@ -88,6 +88,7 @@ class ContinuousEngine(Engine):
                 str(checkpoint_dir), dtype=chosen.dtype, trust_remote_code=False
             )
             self.model = chosen.apply(model.to(self.device).eval())
+        return_freed_memory()  # what loading and int8 conversion freed
         self.compute_here()  # the synchronous API computes on the loading thread
         pad = self.tokenizer.pad_token_id
         pad = pad if pad is not None else self.tokenizer.eos_token_id

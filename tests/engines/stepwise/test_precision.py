@@ -4,6 +4,9 @@ refused with a reason."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,43 @@ def test_int8_replaces_every_linear_layer(tiny_twin) -> None:
     assert model.get_output_embeddings().weight().dtype == torch.qint8
     # int8 rounding moves the logits a little, never wholesale
     assert torch.corrcoef(torch.stack([before.flatten(), after.flatten()]))[0, 1] > 0.99
+
+
+FREED_HEAP = """
+import sys
+import torch
+from app.engines.stepwise.precision import return_freed_memory
+
+def rss_mib():
+    status = open("/proc/self/status").read()
+    return int(status.split("VmRSS:")[1].split()[0]) // 1024
+
+first = torch.ones(256 * 1024)  # an mmapped 1 MiB block: freeing it lets later ones use the heap
+del first
+blocks = [torch.ones(256 * 1024) for _ in range(300)]
+pinned = torch.ones(256 * 1024)  # keeps the heap's top in use, so free() cannot shrink it
+del blocks
+before = rss_mib()
+if sys.argv[1] == "trim":
+    return_freed_memory()
+print(before, rss_mib())
+"""
+
+
+@pytest.mark.parametrize("trim", ["trim", "keep"])
+def test_memory_freed_inside_the_heap_goes_back_to_the_system(trim: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FREED_HEAP, trim],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    before, after = map(int, done.stdout.split())
+
+    assert before > 300  # the freed blocks were still held
+    if trim == "trim":
+        assert after < before - 200, (before, after)
+    else:
+        assert after > before - 20, (before, after)
