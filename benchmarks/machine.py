@@ -27,6 +27,8 @@ _LIBRARIES = (
 
 # Environment variables that change how the runtimes use threads; recorded (not read as
 # configuration) because they change the numbers, e.g. OMP_WAIT_POLICY on a busy machine.
+# Directories (LAMINI_STORE_DIR, LAMINI_TWIN_CACHE_DIR, ...) change no number and name one
+# machine's paths, so they are left out.
 _RECORDED_ENV_PREFIXES = ("OMP_", "MKL_", "CT2_", "ORT_", "TOKENIZERS_", "LAMINI_")
 
 
@@ -84,7 +86,9 @@ def machine_facts() -> dict[str, object]:
         "environment": {
             name: value
             for name, value in sorted(os.environ.items())
-            if name.startswith(_RECORDED_ENV_PREFIXES) and "KEY" not in name
+            if name.startswith(_RECORDED_ENV_PREFIXES)
+            and "KEY" not in name
+            and not name.endswith("_DIR")
         },
     }
 

@@ -14,6 +14,7 @@ import pytest
 
 from app.core.families import get_family
 from benchmarks.comparison import compare
+from benchmarks.machine import machine_facts
 from benchmarks.options import DEFAULT_INSTRUCTIONS, SystemName
 from benchmarks.results import Measurement, SystemRun, percentile
 from benchmarks.workload import build_workload, read_instructions
@@ -230,3 +231,17 @@ def test_raw_engine_target_is_at_the_clients_depth_and_the_deepest_batch_is_info
     assert (matched.other, matched.target, matched.met) == (400, 0.9, True)
     deepest = by_name["throughput c=32 vs raw engine best, any depth"]
     assert (deepest.other, deepest.target, deepest.met) == (600, None, None)
+
+
+def test_recorded_environment_keeps_thread_settings_not_paths_or_keys(monkeypatch) -> None:
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setenv("LAMINI_MAX_BATCH_TOTAL_TOKENS", "128")
+    monkeypatch.setenv("LAMINI_TWIN_CACHE_DIR", "/somewhere/twins")
+    monkeypatch.setenv("LAMINI_API_KEYS", "secret")
+
+    recorded = machine_facts()["environment"]
+
+    assert recorded["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert recorded["LAMINI_MAX_BATCH_TOTAL_TOKENS"] == "128"
+    assert "LAMINI_TWIN_CACHE_DIR" not in recorded
+    assert "LAMINI_API_KEYS" not in recorded
