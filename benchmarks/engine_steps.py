@@ -37,9 +37,7 @@ class StepTiming:
         )
 
 
-def time_steps(
-    engine: ContinuousEngine, batch: int, past: int, steps: int, precision: str
-) -> StepTiming:
+def time_steps(engine: ContinuousEngine, batch: int, past: int, steps: int) -> StepTiming:
     """Prefill `batch` rows of `past` tokens together, then time `steps` decode steps."""
     prompt = engine.encode("word " * past)[:past]
     request = EngineRequest(prompt, max_new_tokens=steps + 1)
@@ -53,7 +51,9 @@ def time_steps(
         engine.step()
         durations.append(time.perf_counter() - started)
     engine.abort()
-    return StepTiming(precision, batch, prefill, min(durations), statistics.median(durations))
+    return StepTiming(
+        engine.info.quantization, batch, prefill, min(durations), statistics.median(durations)
+    )
 
 
 def main() -> None:
@@ -72,7 +72,7 @@ def main() -> None:
             source.checkpoint_dir, source.family, threads=args.threads, precision=precision
         )
         for batch in map(int, args.batches.split(",")):
-            print(time_steps(engine, batch, args.past, args.steps, precision).line(), flush=True)
+            print(time_steps(engine, batch, args.past, args.steps).line(), flush=True)
 
 
 if __name__ == "__main__":

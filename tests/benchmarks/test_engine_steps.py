@@ -16,7 +16,7 @@ def test_time_steps_measures_a_batch_and_frees_it(tiny_twin: Callable[[str], Pat
     checkpoint = tiny_twin(FAMILY_TWINS["lamini-gpt"])
     engine = ContinuousEngine(checkpoint, get_family("lamini-gpt"), precision="float32")
 
-    timing = time_steps(engine, batch=3, past=12, steps=4, precision="float32")
+    timing = time_steps(engine, batch=3, past=12, steps=4)
 
     assert 0 < timing.step_min_s <= timing.step_median_s
     assert timing.prefill_s > 0

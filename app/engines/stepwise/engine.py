@@ -49,7 +49,7 @@ from app.engines.stepwise.causal import CausalPrefill, CausalStepper
 from app.engines.stepwise.precision import resolve_precision, return_freed_memory
 from app.engines.stepwise.sampler import BatchSampler, RowLogitsProcessor, RowSampling
 from app.engines.stepwise.seq2seq import Seq2SeqPrefill, Seq2SeqStepper
-from app.engines.stepwise.threads import compute_on_this_thread, without_thread_team
+from app.engines.stepwise.threads import without_thread_team
 from app.engines.transformers_engine import causal_next_token_logprobs
 
 
@@ -124,7 +124,7 @@ class ContinuousEngine(Engine):
 
     def compute_here(self) -> None:
         """Make the calling thread the one that computes (`threads.py` says why only one)."""
-        compute_on_this_thread(self.threads)
+        torch.set_num_threads(self.threads)
 
     @property
     def running(self) -> int:

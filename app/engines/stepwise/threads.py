@@ -34,8 +34,3 @@ def without_thread_team() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def compute_on_this_thread(threads: int) -> None:
-    """Give the calling thread `threads` intra-op threads: the team the engine computes with."""
-    torch.set_num_threads(threads)
