@@ -15,6 +15,7 @@ from app.core.engine_kinds import EngineKind
 from app.core.families import get_family
 from app.engines.base import EngineRequest, FinishReason, Generation, SamplingParams
 from app.engines.stepwise.engine import ContinuousEngine
+from app.engines.stepwise.row_groups import plan_row_groups
 from app.engines.transformers_engine import TransformersEngine
 from tests.support.instructions import INSTRUCTIONS
 from tests.support.ranks import first_token_ranks
@@ -108,6 +109,28 @@ def test_greedy_tokens_equal_generate_when_prefill_is_chunked(engines, family_na
 
     longest = max(len(r.prompt_ids) for r in requests[1::2])
     assert turns == (1 if family_name in SEQ2SEQ_FAMILIES else -(-longest // 5))
+    for tracker, request in zip(trackers, requests, strict=True):
+        assert tracker.finish().token_ids == _alone(reference, request), request.prompt_ids
+
+
+@pytest.mark.parametrize("family_name", sorted(set(FAMILY_TWINS) - SEQ2SEQ_FAMILIES))
+def test_greedy_tokens_equal_generate_when_rows_attend_in_groups(engines, family_name) -> None:
+    """A prompt of about 150 tokens decoding beside short ones: each decode step splits the rows
+    into groups that read only their own columns (`row_groups.py`; GPT-2 and OPT), and every
+    row's tokens are still the reference's."""
+    engine, reference = engines(family_name)
+    long_instruction = " ".join(INSTRUCTIONS * 2)
+    instructions = ("Hi", long_instruction, "What is 2+2?", "Name a prime number.")
+    requests = [_request(engine, p, 10) for p in instructions]
+    lengths = [len(r.prompt_ids) for r in requests]
+    assert len(plan_row_groups(lengths)) > 1  # the lengths this test needs to exercise the split
+    trackers = [engine.track(r) for r in requests]
+
+    engine.admit(trackers[:3], [GREEDY] * 3)
+    engine.step()
+    engine.admit(trackers[3:], [GREEDY])  # a short one joins after the long one
+    _run_until_done(engine)
+
     for tracker, request in zip(trackers, requests, strict=True):
         assert tracker.finish().token_ids == _alone(reference, request), request.prompt_ids
 

@@ -1,0 +1,92 @@
+"""Row-group decode attention: the split reads the fewest columns, and attending per group over
+its own columns gives what one call over the whole padded cache gives."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from app.engines.stepwise.row_groups import (
+    CALL_COST_COLUMNS,
+    RowGroup,
+    plan_row_groups,
+    row_groups_attention,
+)
+
+
+def _cost(groups: tuple[RowGroup, ...]) -> int:
+    return sum((g.stop - g.start) * g.width + CALL_COST_COLUMNS for g in groups)
+
+
+def _every_split(widths: list[int]) -> list[tuple[RowGroup, ...]]:
+    splits = []
+    for cuts in itertools.product((False, True), repeat=len(widths) - 1):
+        bounds = [0, *(i + 1 for i, cut in enumerate(cuts) if cut), len(widths)]
+        splits.append(
+            tuple(RowGroup(a, b, max(widths[a:b])) for a, b in itertools.pairwise(bounds))
+        )
+    return splits
+
+
+def test_rows_of_one_width_stay_one_group() -> None:
+    assert plan_row_groups([50] * 8) == (RowGroup(0, 8, 50),)
+
+
+def test_a_long_row_among_short_ones_gets_a_group_of_its_own() -> None:
+    widths = [40, 45, 400, 42, 38, 41]
+    assert plan_row_groups(widths) == (
+        RowGroup(0, 2, 45),
+        RowGroup(2, 3, 400),
+        RowGroup(3, 6, 42),
+    )
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_split_is_the_cheapest_there_is(seed: int) -> None:
+    rng = random.Random(seed)
+    widths = [rng.choice((8, 30, 60, 61, 200, 450)) for _ in range(rng.randint(1, 9))]
+    groups = plan_row_groups(widths)
+
+    assert groups[0].start == 0
+    assert groups[-1].stop == len(widths)
+    assert all(a.stop == b.start for a, b in itertools.pairwise(groups))
+    assert all(g.width == max(widths[g.start : g.stop]) for g in groups)
+    assert _cost(groups) == min(_cost(split) for split in _every_split(widths))
+
+
+def test_grouped_attention_equals_one_call_over_the_padded_cache() -> None:
+    """Left-padded rows of very different lengths, one query column each (a decode step)."""
+    torch.manual_seed(0)
+    lengths = [3, 70, 5, 6, 120, 4]
+    rows, heads, columns, dim = len(lengths), 4, max(lengths), 16
+    keys, values = torch.randn(2, rows, heads, columns, dim).unbind()
+    query = torch.randn(rows, heads, 1, dim)
+    mask = torch.zeros(rows, 1, 1, columns, dtype=torch.bool)
+    for row, length in enumerate(lengths):
+        mask[row, ..., columns - length :] = True
+    module = torch.nn.Module()
+    groups = plan_row_groups(lengths)
+    assert len(groups) > 2  # the test exercises the split
+
+    grouped, _ = row_groups_attention(module, query, keys, values, mask, row_groups=groups)
+    whole, _ = sdpa_attention_forward(module, query, keys, values, mask)
+
+    torch.testing.assert_close(grouped, whole, rtol=1e-6, atol=1e-6)
+
+
+def test_prefill_chunks_ignore_the_split() -> None:
+    """More than one query column: one call over everything, whatever split is passed."""
+    torch.manual_seed(1)
+    keys, values = torch.randn(2, 2, 2, 9, 8).unbind()
+    query = torch.randn(2, 2, 3, 8)
+    split = (RowGroup(0, 1, 2), RowGroup(1, 2, 9))
+    module = torch.nn.Module()
+
+    grouped, _ = row_groups_attention(module, query, keys, values, None, row_groups=split)
+    whole, _ = sdpa_attention_forward(module, query, keys, values, None)
+
+    torch.testing.assert_close(grouped, whole)
