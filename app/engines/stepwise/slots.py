@@ -5,7 +5,10 @@ every layer's tensors: each is a copy of the whole cache. Measured in process (f
 twin, 2-core AVX2 guest, 32 rows of ~150 columns): one decode step took 265 ms, 27 % of it in
 that per-step concatenation, and under churn (a row leaves and one joins at nearly every step)
 a join cost 140 ms and a filter 180 ms more. Here each layer owns a buffer with spare rows and
-columns that grows rarely (by `SPARE_COLUMNS` columns, by a quarter more rows); the live region
+columns that grows rarely, by a quarter more rows or columns (at least `SPARE_COLUMNS`): each
+growth copies the whole layer, so growing by a fixed count made a wide batch pay for it often
+(32 int8 GPT-124M rows ~470 columns wide: ~400 ms to zero and copy every layer, once per 32
+columns, ~12 ms of each ~85 ms step). The live region
 is a view of it, so:
 
 - a decode step writes the new column in place;
@@ -16,7 +19,10 @@ is a view of it, so:
 Rows are padded on one side (`Side`, as in `rows.py`): "left" keeps every row's real tokens in
 the last columns (decoder caches: every row writes its next token into the same column),
 "right" keeps them in the first (T5's cross-attention cache). What the view shows past a row's
-own columns is stale, and the attention mask hides it.
+own columns is stale, and the attention mask hides it. It is never left unwritten, though: a new
+buffer is not zeroed, so every column a view shows is copied, written or zeroed first, since
+masked columns still take part in the attention's sums with weight zero, and zero times a NaN
+from uninitialised memory is a NaN.
 """
 
 from __future__ import annotations
@@ -78,6 +84,13 @@ class SlotLayer(DynamicLayer):
         else:
             self.end += grow_right
             columns = slice(self.start, self.start + width)
+        grown = (
+            slice(self.start, self.start + grow_left)
+            if grow_left
+            else slice(self.end - grow_right, self.end)
+        )
+        self._keys[: self.rows, :, grown] = 0  # the running rows' new padding columns
+        self._values[: self.rows, :, grown] = 0
         rows = slice(self.rows, self.rows + other.rows)
         self._keys[rows, :, self.start : self.end] = 0
         self._values[rows, :, self.start : self.end] = 0
@@ -113,10 +126,10 @@ class SlotLayer(DynamicLayer):
         live = self.end - self.start
         new_rows = capacity_rows if rows <= capacity_rows else rows + max(1, rows // 4)
         new_start = left
-        new_columns = left + live + right + SPARE_COLUMNS
+        new_columns = left + live + right + max(SPARE_COLUMNS, (live + left + right) // 4)
         shape = (new_rows, like.shape[1], new_columns, like.shape[3])
-        keys = torch.zeros(shape, dtype=like.dtype, device=like.device)
-        values = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        keys = torch.empty(shape, dtype=like.dtype, device=like.device)
+        values = torch.empty(shape, dtype=like.dtype, device=like.device)
         if self.rows and live:
             keys[: self.rows, :, new_start : new_start + live] = self.keys
             values[: self.rows, :, new_start : new_start + live] = self.values

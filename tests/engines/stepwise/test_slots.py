@@ -86,3 +86,22 @@ def test_decode_steps_write_in_place_until_the_spare_columns_run_out() -> None:
         layer.update(step, -step)
     assert layer.keys.shape[2] == 44
     assert torch.equal(layer.keys[:, :, -1:], step)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_no_view_shows_uninitialised_memory(side, monkeypatch) -> None:
+    """New buffers are not zeroed, yet every column a view shows has been written: masked
+    columns still enter the attention's sums with weight zero, and 0 x NaN is NaN. Here every
+    new buffer starts as NaN."""
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: real_empty(*a, **k).fill_(float("nan")))
+    layer = _layer(side, _states(3, 4, 0))
+    for seed, (rows, columns) in enumerate([(2, 2), (1, 9), (4, 50), (1, 3)], start=1):
+        layer.append(_layer(side, _states(rows, columns, seed)))  # grows rows and columns
+        step = _states(layer.rows, 1, 10 + seed)
+        if side == "left":
+            layer.update(step, -step)
+        assert torch.isfinite(layer.keys).all()
+        assert torch.isfinite(layer.values).all()
+    layer.keep(compaction_order(layer.rows, [0, 5, 8]), 20)
+    assert torch.isfinite(layer.keys).all()
