@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
+from transformers.activations import GELUTanh, NewGELUActivation
 from transformers.pytorch_utils import Conv1D
 
 from app.core.errors import EngineUnavailableError
 from app.engines.stepwise.precision import (
+    PRECISIONS,
     cpu_flags,
     default_cpu_precision,
     quantize_linear_layers,
@@ -57,6 +59,26 @@ def test_emulated_bfloat16_is_warned_about(monkeypatch, caplog) -> None:
 
     assert resolve_precision("bfloat16", "cpu").dtype is torch.bfloat16
     assert "emulated" in caplog.text
+
+
+@pytest.mark.parametrize(("precision", "fused"), [("float32", False), ("int8", True)])
+def test_below_float32_the_tanh_gelu_is_the_fused_one(tiny_twin, precision, fused) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_twin(FAMILY_TWINS["lamini-gpt"])).eval()
+    ids = torch.tensor([[464, 3290, 318, 257]])
+    with torch.inference_mode():
+        before = model(ids).logits
+
+    PRECISIONS[precision].apply(model)
+    with torch.inference_mode():
+        after = model(ids).logits
+
+    kinds = {type(module) for module in model.modules()}
+    assert (GELUTanh in kinds) is fused
+    assert (NewGELUActivation in kinds) is not fused
+    if not fused:
+        assert torch.equal(after, before)  # float32 is transformers' arithmetic, bit for bit
+    x = torch.linspace(-6, 6, 1001)
+    torch.testing.assert_close(GELUTanh()(x), NewGELUActivation()(x), rtol=1e-6, atol=1e-6)
 
 
 def test_int8_replaces_every_linear_layer(tiny_twin) -> None:
