@@ -122,6 +122,29 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_the_batch_decodes(loaded, me
     assert sample(metrics, "lamini_step_duration_seconds_count", kind="prefill") >= chunks + 1
 
 
+def test_the_token_budget_counts_a_prefill_padded_to_its_longest_prompt(loaded, metrics) -> None:
+    """Three short prompts and a long one wait together: the long one would pad every short row
+    to its length, past the budget, so it is prefilled on its own, and the prefill computes
+    hardly more tokens than the prompts hold."""
+    shorts = [prompt(loaded, text) for text in ("Hi", "Name a colour.", "What is 2+2?")]
+    long_ids = prompt(loaded, "Describe the history of every ocean on the planet. " * 3)
+    lengths = [len(ids) for ids in (*shorts, long_ids)]
+    budget = sum(lengths) + 10  # counted without padding, all four would fit
+    assert 4 * len(long_ids) > budget
+    release = threading.Event()
+
+    with make_scheduler(loaded, metrics, max_batch_total_tokens=budget) as scheduler:
+        held = scheduler.call(lambda: release.wait(30))  # the worker waits while all queue
+        tickets = [scheduler.submit(ids, SHORT, GREEDY) for ids in (*shorts, long_ids)]
+        release.set()
+        held.result(timeout=30)
+        for ticket in tickets:
+            ticket.future.result(timeout=60)
+
+    computed = sample(metrics, "lamini_step_tokens_sum", kind="prefill")
+    assert computed <= sum(lengths) + 3 * (max(map(len, shorts)) - min(map(len, shorts)))
+
+
 def test_the_kv_budget_makes_requests_wait_and_none_is_lost(loaded, metrics) -> None:
     engine = loaded.engine
     prompts = [prompt(loaded, text) for text in ("Hi", "What is 2+2?", "Name a color.")]
