@@ -122,27 +122,30 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_the_batch_decodes(loaded, me
     assert sample(metrics, "lamini_step_duration_seconds_count", kind="prefill") >= chunks + 1
 
 
-def test_the_token_budget_counts_a_prefill_padded_to_its_longest_prompt(loaded, metrics) -> None:
-    """Three short prompts and a long one wait together: the long one would pad every short row
-    to its length, past the budget, so it is prefilled on its own, and the prefill computes
-    hardly more tokens than the prompts hold."""
+def test_a_prefill_batch_takes_prompts_that_pad_little(loaded, metrics) -> None:
+    """A short prompt, a long one and two more short ones wait together. Within the token
+    budget all four would fit if padding were free, but the long one would pad every short
+    row to its length: the three short ones are prefilled together (the later two passing the
+    long one) and the long one on its own, so the prefill computes hardly more tokens than the
+    prompts hold."""
     shorts = [prompt(loaded, text) for text in ("Hi", "Name a colour.", "What is 2+2?")]
     long_ids = prompt(loaded, "Describe the history of every ocean on the planet. " * 3)
-    lengths = [len(ids) for ids in (*shorts, long_ids)]
-    budget = sum(lengths) + 10  # counted without padding, all four would fit
+    queued = [shorts[0], long_ids, *shorts[1:]]
+    budget = sum(map(len, queued)) + 10
     assert 4 * len(long_ids) > budget
     release = threading.Event()
 
     with make_scheduler(loaded, metrics, max_batch_total_tokens=budget) as scheduler:
         held = scheduler.call(lambda: release.wait(30))  # the worker waits while all queue
-        tickets = [scheduler.submit(ids, SHORT, GREEDY) for ids in (*shorts, long_ids)]
+        tickets = [scheduler.submit(ids, SHORT, GREEDY) for ids in queued]
         release.set()
         held.result(timeout=30)
         for ticket in tickets:
             ticket.future.result(timeout=60)
 
+    assert sample(metrics, "lamini_step_duration_seconds_count", kind="prefill") == 2
     computed = sample(metrics, "lamini_step_tokens_sum", kind="prefill")
-    assert computed <= sum(lengths) + 3 * (max(map(len, shorts)) - min(map(len, shorts)))
+    assert computed <= sum(map(len, queued)) + 3 * (max(map(len, shorts)) - min(map(len, shorts)))
 
 
 def test_the_kv_budget_makes_requests_wait_and_none_is_lost(loaded, metrics) -> None:
