@@ -5,11 +5,13 @@ every layer's tensors: each is a copy of the whole cache. Measured in process (f
 twin, 2-core AVX2 guest, 32 rows of ~150 columns): one decode step took 265 ms, 27 % of it in
 that per-step concatenation, and under churn (a row leaves and one joins at nearly every step)
 a join cost 140 ms and a filter 180 ms more. Here each layer owns a buffer with spare rows and
-columns that grows rarely, by a quarter more rows or columns (at least `SPARE_COLUMNS`): each
-growth copies the whole layer, so growing by a fixed count made a wide batch pay for it often
-(32 int8 GPT-124M rows ~470 columns wide: ~400 ms to zero and copy every layer, once per 32
-columns, ~12 ms of each ~85 ms step). The live region
-is a view of it, so:
+columns that grows rarely: to twice the rows (at least `MIN_ROWS`), and by half the columns
+more (plus `SPARE_COLUMNS`) on each side that grows. Each growth copies the whole layer into
+fresh memory, page faults included: one of 32 int8 GPT-124M rows ~470 columns wide took
+0.4-0.8 s, so growing by 32 columns (or by a quarter of the rows) made a batch pay for it every
+few dozen steps (the benchmark's 32 clients, 96 requests: 8 growths of the running batch that
+way, 3 this way). The spare room costs little memory: the buffer is not zeroed, and pages no
+row has written yet are never touched. The live region is a view of it, so:
 
 - a decode step writes the new column in place;
 - a joining row is copied into a free slot (only its own columns);
@@ -37,6 +39,7 @@ from transformers.cache_utils import DynamicLayer
 from app.engines.stepwise.rows import Side
 
 SPARE_COLUMNS = 32
+MIN_ROWS = 8
 
 
 class SlotLayer(DynamicLayer):
@@ -124,9 +127,12 @@ class SlotLayer(DynamicLayer):
         if rows <= capacity_rows and self.start >= left and self.end + right <= capacity_columns:
             return
         live = self.end - self.start
-        new_rows = capacity_rows if rows <= capacity_rows else rows + max(1, rows // 4)
-        new_start = left
-        new_columns = left + live + right + max(SPARE_COLUMNS, (live + left + right) // 4)
+        new_rows = capacity_rows if rows <= capacity_rows else max(2 * rows, MIN_ROWS)
+        spare = SPARE_COLUMNS + (live + left + right) // 2
+        # a left-padded cache grows on both sides: a column per decode step on the right, and
+        # on the left whenever a row wider than the live ones joins
+        new_start = left + (spare if self.side == "left" else 0)
+        new_columns = new_start + live + right + spare
         shape = (new_rows, like.shape[1], new_columns, like.shape[3])
         keys = torch.empty(shape, dtype=like.dtype, device=like.device)
         values = torch.empty(shape, dtype=like.dtype, device=like.device)
