@@ -163,7 +163,8 @@ class StepScheduler(TicketQueue):
             if len(joining) >= room:
                 break
             length = len(ticket.request.prompt_ids)
-            wider, padded = max(widest, length), (len(joining) + 1) * max(widest, length)
+            wider = max(widest, length)
+            padded = (len(joining) + 1) * wider
             if joining and (padded > tokens or padded > MAX_PADDING * (real + length)):
                 continue  # a prompt further back may still fit beside the oldest
             if engine.peak_cache_bytes([*requests, ticket.request]) > limits.max_kv_cache_bytes:

@@ -119,14 +119,16 @@ class CausalStepper:
     def decode(self, rows: CausalRows) -> torch.Tensor:
         """Feed every row its next token; return the logits that follow."""
         rows.mask = torch.cat([rows.mask, rows.mask.new_ones((rows.size, 1))], dim=1)
-        grouping = {"row_groups": plan_row_groups((rows.lengths + 1).tolist())}
+        grouping = (
+            {"row_groups": plan_row_groups((rows.lengths + 1).tolist())} if self._grouped else {}
+        )
         hidden = self._body(
             input_ids=rows.next_ids[:, None],
             attention_mask=rows.mask,
             position_ids=rows.lengths[:, None],
             past_key_values=rows.cache,
             use_cache=True,
-            **(grouping if self._grouped else {}),
+            **grouping,
         ).last_hidden_state
         rows.lengths = rows.lengths + 1
         return self._head(hidden[:, -1])
