@@ -113,11 +113,12 @@ def test_greedy_tokens_equal_generate_when_prefill_is_chunked(engines, family_na
         assert tracker.finish().token_ids == _alone(reference, request), request.prompt_ids
 
 
-@pytest.mark.parametrize("family_name", sorted(set(FAMILY_TWINS) - SEQ2SEQ_FAMILIES))
+@pytest.mark.parametrize("family_name", FAMILY_TWINS)
 def test_greedy_tokens_equal_generate_when_rows_attend_in_groups(engines, family_name) -> None:
     """A prompt of about 150 tokens decoding beside short ones: each decode step splits the rows
-    into groups that read only their own columns (`row_groups.py`; GPT-2 and OPT), and every
-    row's tokens are still the reference's."""
+    into groups that read only their own columns (`row_groups.py`: GPT-2 and OPT;
+    `seq2seq_row_groups.py`: T5's self- and cross-attention), and every row's tokens are still
+    the reference's."""
     engine, reference = engines(family_name)
     long_instruction = " ".join(INSTRUCTIONS * 2)
     instructions = ("Hi", long_instruction, "What is 2+2?", "Name a prime number.")

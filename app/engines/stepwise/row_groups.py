@@ -17,8 +17,8 @@ transformers' GPT-2 and OPT attention layers call a registered attention functio
 `_supports_attention_backend`): this one is registered as `ROW_GROUPS_ATTENTION`, with
 transformers' SDPA mask, and takes the split as the `row_groups` keyword the model passes down
 to its layers. Prefill chunks (more than one query column) and calls without a split go to
-transformers' own SDPA function. GPT-Neo's and T5's attention is their own code: they read the
-padded width.
+transformers' own SDPA function. T5's attention is its own code, and takes the split in
+`seq2seq_row_groups.py`; GPT-Neo's is too, and still reads the padded width.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ decoder's self-attention cache is left-padded like a decoder-only cache: T5's re
 bias depends only on the distance between query and key, so padding in front of a row changes
 nothing. The cross-attention cache and the encoder mask are right-padded to the longest input.
 Later steps pass a stand-in for the encoder states (one zero, expanded to their shape): only
-their shape is read once the cross-attention cache is filled.
+their shape is read once the cross-attention cache is filled. Each later step's attention reads
+only each row group's own columns of both caches (`seq2seq_row_groups.py`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import torch
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
+from app.engines.stepwise.row_groups import plan_row_groups
 from app.engines.stepwise.rows import stack_rows
+from app.engines.stepwise.seq2seq_row_groups import group_decoder_attention
 from app.engines.stepwise.slots import append_rows, compaction_order, keep_rows, slot_cache
 
 
@@ -76,6 +79,8 @@ class Seq2SeqStepper:
         self._start = int(model.config.decoder_start_token_id)
         self._dtype = model.dtype
         self.bytes_per_token = bytes_per_token  # the same per decoder and per encoder token
+        # decode steps read only each row group's own columns (`seq2seq_row_groups.py`)
+        self._split = group_decoder_attention(model)
 
     def start(self, prompts: Sequence[Sequence[int]]) -> Seq2SeqPrefill:
         return Seq2SeqPrefill(prompts)
@@ -115,14 +120,19 @@ class Seq2SeqStepper:
         shape_only = torch.zeros((1, 1, 1), dtype=self._dtype).expand(
             rows.size, rows.encoder_mask.shape[1], 1
         )
-        logits = self._model(
-            encoder_outputs=BaseModelOutput(last_hidden_state=shape_only),
-            attention_mask=rows.encoder_mask,
-            decoder_input_ids=rows.next_ids[:, None],
-            decoder_attention_mask=rows.mask,
-            past_key_values=rows.cache,
-            use_cache=True,
-        ).logits[:, -1]
+        self._split.self_groups = plan_row_groups((rows.lengths + 1).tolist())
+        self._split.cross_groups = plan_row_groups(rows.encoder_mask.sum(dim=1).tolist())
+        try:
+            logits = self._model(
+                encoder_outputs=BaseModelOutput(last_hidden_state=shape_only),
+                attention_mask=rows.encoder_mask,
+                decoder_input_ids=rows.next_ids[:, None],
+                decoder_attention_mask=rows.mask,
+                past_key_values=rows.cache,
+                use_cache=True,
+            ).logits[:, -1]
+        finally:
+            self._split.self_groups = self._split.cross_groups = None
         rows.lengths = rows.lengths + 1
         return logits
 
