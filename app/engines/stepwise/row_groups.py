@@ -48,6 +48,16 @@ class RowGroup:
     width: int
 
 
+@dataclass
+class DecodeSplit:
+    """The row groups of the decode step in progress, for attention modules that are their
+    own code (T5's, GPT-Neo's) and so take no keyword from the stepper: it sets the split before
+    the model's forward and clears it after (None: attend as transformers does)."""
+
+    self_groups: tuple[RowGroup, ...] | None = None
+    cross_groups: tuple[RowGroup, ...] | None = None  # T5's cross-attention
+
+
 def plan_row_groups(widths: Sequence[int]) -> tuple[RowGroup, ...]:
     """The split of rows (in cache order, each needing its last `widths[row]` columns) into
     runs that reads the fewest columns, `CALL_COST_COLUMNS` charged per run (dynamic

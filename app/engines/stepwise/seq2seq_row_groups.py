@@ -17,7 +17,6 @@ reads them in place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,16 +24,8 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from app.engines.stepwise.row_groups import RowGroup
+from app.engines.stepwise.row_groups import DecodeSplit, RowGroup
 from app.engines.stepwise.rows import Side
-
-
-@dataclass
-class DecodeSplit:
-    """The row groups of the decode step in progress (None outside one: no split)."""
-
-    self_groups: tuple[RowGroup, ...] | None = None
-    cross_groups: tuple[RowGroup, ...] | None = None
 
 
 class GroupedT5Attention(T5Attention):

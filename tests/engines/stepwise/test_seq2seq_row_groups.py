@@ -11,8 +11,8 @@ import torch
 from transformers import DynamicCache, EncoderDecoderCache, T5Config
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from app.engines.stepwise.row_groups import plan_row_groups
-from app.engines.stepwise.seq2seq_row_groups import DecodeSplit, GroupedT5Attention
+from app.engines.stepwise.row_groups import DecodeSplit, plan_row_groups
+from app.engines.stepwise.seq2seq_row_groups import GroupedT5Attention
 
 CONFIG = T5Config(d_model=32, d_kv=8, num_heads=4, is_decoder=True, dropout_rate=0.0)
 LENGTHS = [3, 40, 5, 6, 60, 4]  # each row's real columns, very different: several groups
