@@ -18,7 +18,7 @@ transformers' GPT-2 and OPT attention layers call a registered attention functio
 transformers' SDPA mask, and takes the split as the `row_groups` keyword the model passes down
 to its layers. Prefill chunks (more than one query column) and calls without a split go to
 transformers' own SDPA function. T5's attention is its own code, and takes the split in
-`seq2seq_row_groups.py`; GPT-Neo's is too, and still reads the padded width.
+`seq2seq_row_groups.py`; GPT-Neo's is too, and takes it in `gpt_neo_row_groups.py`.
 """
 
 from __future__ import annotations
