@@ -21,7 +21,12 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from app.engines.stepwise.gpt_neo_row_groups import group_gpt_neo_attention
-from app.engines.stepwise.row_groups import ROW_GROUPS_ATTENTION, plan_row_groups
+from app.engines.stepwise.row_groups import (
+    ROW_GROUPS_ATTENTION,
+    DecodeSplit,
+    decoding_in_groups,
+    plan_row_groups,
+)
 from app.engines.stepwise.rows import stack_rows
 from app.engines.stepwise.slots import append_rows, compaction_order, keep_rows, slot_cache
 
@@ -74,15 +79,13 @@ class CausalStepper:
 
     def __init__(self, model: PreTrainedModel, pad_token_id: int, bytes_per_token: int) -> None:
         self._model = model
-        # decode steps read only each row group's own columns: GPT-2 and OPT through
-        # transformers' attention interface (`row_groups.py`), GPT-Neo's own attention through
-        # a shared split (`gpt_neo_row_groups.py`)
-        self._grouped = bool(getattr(model, "_supports_attention_backend", False))
-        if self._grouped:
+        # decode steps read only each row group's own columns: GPT-2's and OPT's attention
+        # through transformers' attention interface (`row_groups.py`), GPT-Neo's own code
+        # made to (`gpt_neo_row_groups.py`)
+        if model.config.model_type == "gpt_neo":
+            group_gpt_neo_attention(model)
+        elif getattr(model, "_supports_attention_backend", False):
             model.set_attn_implementation(ROW_GROUPS_ATTENTION)
-        self._split = (
-            group_gpt_neo_attention(model) if model.config.model_type == "gpt_neo" else None
-        )
         self._body = model.base_model
         self._head = model.get_output_embeddings()
         self._pad = pad_token_id
@@ -125,22 +128,15 @@ class CausalStepper:
     def decode(self, rows: CausalRows) -> torch.Tensor:
         """Feed every row its next token; return the logits that follow."""
         rows.mask = torch.cat([rows.mask, rows.mask.new_ones((rows.size, 1))], dim=1)
-        groups = plan_row_groups((rows.lengths + 1).tolist())
-        grouping = {"row_groups": groups} if self._grouped else {}
-        if self._split is not None:
-            self._split.self_groups = groups
-        try:
+        split = DecodeSplit(self_groups=plan_row_groups((rows.lengths + 1).tolist()))
+        with decoding_in_groups(split):
             hidden = self._body(
                 input_ids=rows.next_ids[:, None],
                 attention_mask=rows.mask,
                 position_ids=rows.lengths[:, None],
                 past_key_values=rows.cache,
                 use_cache=True,
-                **grouping,
             ).last_hidden_state
-        finally:
-            if self._split is not None:
-                self._split.self_groups = None
         rows.lengths = rows.lengths + 1
         return self._head(hidden[:, -1])
 

@@ -2,8 +2,8 @@
 
 `row_groups.py` says why and plans the split. GPT-Neo's attention is its own code (unscaled
 scores in float32, a causal buffer that is also its local window), so its attention modules
-become `GroupedGPTNeoAttention`, which computes the same thing group by group while the
-`DecodeSplit` holds a split, and is transformers' `GPTNeoSelfAttention` otherwise (prefill
+become `GroupedGPTNeoAttention`, which computes the same thing group by group inside
+`decoding_in_groups`, and is transformers' `GPTNeoSelfAttention` otherwise (prefill
 chunks, any other use). A local layer's query sees only the cache's last `window_size` columns
 (counted back from the query, padding included, as `causal.py` says), so a group there reads
 at most those.
@@ -11,19 +11,22 @@ at most those.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.models.gpt_neo.modeling_gpt_neo import GPTNeoSelfAttention
 
-from app.engines.stepwise.row_groups import DecodeSplit
+from app.engines.stepwise.row_groups import attend_by_groups, current_split
+
+_UNSCALED_ATTENTION = functools.partial(F.scaled_dot_product_attention, scale=1.0)  # as Neo's
 
 
 class GroupedGPTNeoAttention(GPTNeoSelfAttention):
-    """`GPTNeoSelfAttention` that, while `split` holds groups, attends one query per row group
-    by group over the group's own columns."""
+    """`GPTNeoSelfAttention` that, inside `decoding_in_groups`, attends one query per row by
+    group over the group's own columns."""
 
-    split: DecodeSplit
     window: int | None  # a local layer's window in columns; None: global
 
     def _attn(
@@ -34,40 +37,31 @@ class GroupedGPTNeoAttention(GPTNeoSelfAttention):
         attention_mask: torch.Tensor | None = None,
         head_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, None]:
-        groups = self.split.self_groups
+        groups = current_split().self_groups
         if groups is None or head_mask is not None or query.shape[2] != 1:
             return super()._attn(query, key, value, attention_mask, head_mask)
-        total = key.shape[2]
         # GPT-Neo computes its scores in float32 whatever the model's dtype
-        query, key, values = query.float(), key.float(), value.float()
-        mask = None if attention_mask is None else attention_mask[..., :total].float()
-        outputs = []
-        for group in groups:
-            width = group.width if self.window is None else min(group.width, self.window)
-            rows, columns = slice(group.start, group.stop), slice(total - width, None)
-            outputs.append(
-                F.scaled_dot_product_attention(
-                    query[rows],
-                    key[rows, :, columns],
-                    values[rows, :, columns],
-                    attn_mask=None if mask is None else mask[rows, :, :, columns],
-                    scale=1.0,  # GPT-Neo does not scale its scores
-                )
-            )
-        return torch.cat(outputs).to(value.dtype), None
+        mask = None if attention_mask is None else attention_mask[..., : key.shape[2]].float()
+        attended = attend_by_groups(
+            _UNSCALED_ATTENTION,
+            query.float(),
+            key.float(),
+            value.float(),
+            mask,
+            groups,
+            window=self.window,
+        )
+        return attended.to(value.dtype), None
 
 
-def group_gpt_neo_attention(model: PreTrainedModel) -> DecodeSplit:
+def group_gpt_neo_attention(model: PreTrainedModel) -> None:
     """Make every attention module of the GPT-Neo `model` a `GroupedGPTNeoAttention` (the same
-    module, weights untouched) sharing one `DecodeSplit`, which it returns."""
-    split = DecodeSplit()
+    module, weights untouched)."""
     config = model.config
     for block in model.base_model.h:
         attention = block.attn.attention
         if type(attention) is not GPTNeoSelfAttention:  # flash attention: its own kernel
             continue
         attention.__class__ = GroupedGPTNeoAttention
-        attention.split = split
         local = config.attention_layers[attention.layer_id] == "local"
         attention.window = config.window_size if local else None
-    return split

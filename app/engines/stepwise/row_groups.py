@@ -13,23 +13,29 @@ its last columns), with the split that costs the fewest row-columns once each ex
 charged `CALL_COST_COLUMNS`. Same keys, same values, masked columns left out: in float32 the
 same tokens.
 
-transformers' GPT-2 and OPT attention layers call a registered attention function (their
-`_supports_attention_backend`): this one is registered as `ROW_GROUPS_ATTENTION`, with
-transformers' SDPA mask, and takes the split as the `row_groups` keyword the model passes down
-to its layers. Prefill chunks (more than one query column) and calls without a split go to
-transformers' own SDPA function. T5's attention is its own code, and takes the split in
-`seq2seq_row_groups.py`; GPT-Neo's is too, and takes it in `gpt_neo_row_groups.py`.
+A stepper plans the split and runs its model's forward inside `decoding_in_groups(split)`;
+every attention module reads it from there (`current_split`), one mechanism for every family,
+since no model passes a keyword of ours down to its attention. transformers' GPT-2 and OPT
+attention layers call a registered attention function (their `_supports_attention_backend`):
+this one is registered as `ROW_GROUPS_ATTENTION`, with transformers' SDPA mask. T5's and
+GPT-Neo's attentions are their own code, and read the split in `seq2seq_row_groups.py` and
+`gpt_neo_row_groups.py`. All three attend group by group with `attend_by_groups`. Prefill chunks
+(more than one query column) and forwards outside a split attend as transformers does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from app.engines.stepwise.rows import Side
 
 ROW_GROUPS_ATTENTION = "lamini_row_groups"
 # What one more attention call is charged, in row-columns read. Measured on a 2-core AMD EPYC
@@ -48,14 +54,32 @@ class RowGroup:
     width: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class DecodeSplit:
-    """The row groups of the decode step in progress, for attention modules that are their
-    own code (T5's, GPT-Neo's) and so take no keyword from the stepper: it sets the split before
-    the model's forward and clears it after (None: attend as transformers does)."""
+    """The row groups of the decode step in progress (None: attend as transformers does)."""
 
     self_groups: tuple[RowGroup, ...] | None = None
     cross_groups: tuple[RowGroup, ...] | None = None  # T5's cross-attention
+
+
+_NO_SPLIT = DecodeSplit()
+_CURRENT_SPLIT: ContextVar[DecodeSplit | None] = ContextVar("decode_split", default=None)
+
+
+@contextmanager
+def decoding_in_groups(split: DecodeSplit) -> Iterator[None]:
+    """Attention modules read `split` while this is open (in this thread: the model's forward
+    runs in the thread that opens it), and attend as transformers does again after."""
+    token = _CURRENT_SPLIT.set(split)
+    try:
+        yield
+    finally:
+        _CURRENT_SPLIT.reset(token)
+
+
+def current_split() -> DecodeSplit:
+    """The split `decoding_in_groups` holds open here; outside it, one without groups."""
+    return _CURRENT_SPLIT.get() or _NO_SPLIT
 
 
 def plan_row_groups(widths: Sequence[int]) -> tuple[RowGroup, ...]:
@@ -81,27 +105,56 @@ def plan_row_groups(widths: Sequence[int]) -> tuple[RowGroup, ...]:
     return tuple(reversed(groups))
 
 
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def attend_by_groups(
+    attend: Attend,
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor | None,
+    groups: tuple[RowGroup, ...],
+    *,
+    side: Side = "left",
+    window: int | None = None,
+) -> torch.Tensor:
+    """`attend(query, keys, values, mask)` ([rows, heads, columns, width] each, the mask
+    per row) run per group over its own columns, the results stacked by row. A group's
+    columns are the cache's last `width` when it is left-padded, its first when right-padded
+    (T5's encoder states); `window` caps them (GPT-Neo's local layers)."""
+    total = keys.shape[2]
+    outputs = []
+    for group in groups:
+        width = group.width if window is None else min(group.width, window)
+        rows = slice(group.start, group.stop)
+        columns = slice(total - width, None) if side == "left" else slice(0, width)
+        group_mask = None if mask is None else mask[rows, :, :, columns]
+        outputs.append(
+            attend(query[rows], keys[rows, :, columns], values[rows, :, columns], group_mask)
+        )
+    return torch.cat(outputs)
+
+
 def row_groups_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    row_groups: tuple[RowGroup, ...] | None = None,
     **kwargs: object,
 ) -> tuple[torch.Tensor, None]:
     """transformers' SDPA attention, run per row group over its own columns when decoding."""
-    if row_groups is None or len(row_groups) < 2 or query.shape[2] != 1:
+    groups = current_split().self_groups
+    if groups is None or len(groups) < 2 or query.shape[2] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    outputs = []
-    for group in row_groups:
-        rows, columns = slice(group.start, group.stop), slice(key.shape[2] - group.width, None)
-        mask = None if attention_mask is None else attention_mask[rows, :, :, columns]
-        output, _ = sdpa_attention_forward(
-            module, query[rows], key[rows, :, columns], value[rows, :, columns], mask, **kwargs
-        )
-        outputs.append(output)
-    return torch.cat(outputs), None
+
+    def attend(
+        query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        return sdpa_attention_forward(module, query, keys, values, mask, **kwargs)[0]
+
+    return attend_by_groups(attend, query, key, value, attention_mask, groups), None
 
 
 AttentionInterface.register(ROW_GROUPS_ATTENTION, row_groups_attention)

@@ -21,7 +21,7 @@ import torch
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
-from app.engines.stepwise.row_groups import plan_row_groups
+from app.engines.stepwise.row_groups import DecodeSplit, decoding_in_groups, plan_row_groups
 from app.engines.stepwise.rows import stack_rows
 from app.engines.stepwise.seq2seq_row_groups import group_decoder_attention
 from app.engines.stepwise.slots import append_rows, compaction_order, keep_rows, slot_cache
@@ -80,7 +80,7 @@ class Seq2SeqStepper:
         self._dtype = model.dtype
         self.bytes_per_token = bytes_per_token  # the same per decoder and per encoder token
         # decode steps read only each row group's own columns (`seq2seq_row_groups.py`)
-        self._split = group_decoder_attention(model)
+        group_decoder_attention(model)
 
     def start(self, prompts: Sequence[Sequence[int]]) -> Seq2SeqPrefill:
         return Seq2SeqPrefill(prompts)
@@ -120,9 +120,11 @@ class Seq2SeqStepper:
         shape_only = torch.zeros((1, 1, 1), dtype=self._dtype).expand(
             rows.size, rows.encoder_mask.shape[1], 1
         )
-        self._split.self_groups = plan_row_groups((rows.lengths + 1).tolist())
-        self._split.cross_groups = plan_row_groups(rows.encoder_mask.sum(dim=1).tolist())
-        try:
+        split = DecodeSplit(
+            self_groups=plan_row_groups((rows.lengths + 1).tolist()),
+            cross_groups=plan_row_groups(rows.encoder_mask.sum(dim=1).tolist()),
+        )
+        with decoding_in_groups(split):
             logits = self._model(
                 encoder_outputs=BaseModelOutput(last_hidden_state=shape_only),
                 attention_mask=rows.encoder_mask,
@@ -131,8 +133,6 @@ class Seq2SeqStepper:
                 past_key_values=rows.cache,
                 use_cache=True,
             ).logits[:, -1]
-        finally:
-            self._split.self_groups = self._split.cross_groups = None
         rows.lengths = rows.lengths + 1
         return logits
 

@@ -4,7 +4,7 @@
 plans the split; GPT-2 and OPT take it through transformers' attention interface. T5's
 attention is its own code (scores by matrix products, the relative position bias added), so its
 decoder layers' attention modules become `GroupedT5Attention`, which computes the same thing
-group by group while `DecodeSplit` holds a split, and is transformers' `T5Attention` otherwise
+group by group inside `decoding_in_groups`, and is transformers' `T5Attention` otherwise
 (the first decoder step, which fills the cross-attention cache, and any other use).
 
 Both of a decoder layer's attentions are split: self-attention over the decoder cache
@@ -17,6 +17,7 @@ reads them in place.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -24,15 +25,12 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from app.engines.stepwise.row_groups import DecodeSplit, RowGroup
-from app.engines.stepwise.rows import Side
+from app.engines.stepwise.row_groups import attend_by_groups, current_split
 
 
 class GroupedT5Attention(T5Attention):
-    """`T5Attention` that, while `split` holds groups, attends one query per row group by
-    group over the group's own columns."""
-
-    split: DecodeSplit
+    """`T5Attention` that, inside `decoding_in_groups`, attends one query per row by group
+    over the group's own columns."""
 
     def forward(  # type: ignore[override]  # transformers' own signature, by keyword
         self,
@@ -44,7 +42,8 @@ class GroupedT5Attention(T5Attention):
         **kwargs: Any,
     ) -> tuple[torch.Tensor, ...]:
         cross = key_value_states is not None
-        groups = self.split.cross_groups if cross else self.split.self_groups
+        split = current_split()
+        groups = split.cross_groups if cross else split.self_groups
         plain = kwargs.get("output_attentions") or kwargs.get("layer_head_mask") is not None
         if groups is None or plain or self.pruned_heads or hidden_states.shape[1] != 1:
             return super().forward(
@@ -66,21 +65,16 @@ class GroupedT5Attention(T5Attention):
             position_bias = self._position_bias(
                 keys.shape[2], mask, kwargs.get("cache_position"), query.dtype
             )
-        bias = position_bias.expand(rows, -1, -1, -1)
-        side: Side = "right" if cross else "left"
-        outputs = []
-        for group in groups:
-            group_rows, columns = slice(group.start, group.stop), _columns(group, keys, side)
-            outputs.append(
-                F.scaled_dot_product_attention(
-                    query[group_rows],
-                    keys[group_rows, :, columns],
-                    values[group_rows, :, columns],
-                    attn_mask=bias[group_rows, :, :, columns],
-                    scale=1.0,  # T5 does not scale its scores
-                )
-            )
-        attended = torch.cat(outputs).transpose(1, 2).reshape(rows, 1, self.inner_dim)
+        attended = attend_by_groups(
+            _UNSCALED_ATTENTION,
+            query,
+            keys,
+            values,
+            position_bias.expand(rows, -1, -1, -1),  # bias and mask, added to the scores
+            groups,
+            side="right" if cross else "left",
+        )
+        attended = attended.transpose(1, 2).reshape(rows, 1, self.inner_dim)
         return self.o(attended), position_bias
 
     def _heads(self, states: torch.Tensor) -> torch.Tensor:
@@ -106,18 +100,12 @@ class GroupedT5Attention(T5Attention):
         return bias if mask is None else bias + mask[:, :, :, :key_length]
 
 
-def _columns(group: RowGroup, keys: torch.Tensor, side: Side) -> slice:
-    """The group's columns: the last `width` of a left-padded cache, the first of a
-    right-padded one."""
-    return slice(keys.shape[2] - group.width, None) if side == "left" else slice(0, group.width)
+_UNSCALED_ATTENTION = functools.partial(F.scaled_dot_product_attention, scale=1.0)  # as T5's
 
 
-def group_decoder_attention(model: PreTrainedModel) -> DecodeSplit:
+def group_decoder_attention(model: PreTrainedModel) -> None:
     """Make every decoder attention module of the T5 `model` a `GroupedT5Attention` (the same
-    module, weights untouched) sharing one `DecodeSplit`, which it returns."""
-    split = DecodeSplit()
+    module, weights untouched)."""
     for block in model.get_decoder().block:
         for attention in (block.layer[0].SelfAttention, block.layer[1].EncDecAttention):
             attention.__class__ = GroupedT5Attention
-            attention.split = split
-    return split

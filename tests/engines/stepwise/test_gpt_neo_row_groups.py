@@ -12,7 +12,7 @@ from transformers import GPTNeoConfig
 from transformers.models.gpt_neo.modeling_gpt_neo import GPTNeoSelfAttention
 
 from app.engines.stepwise.gpt_neo_row_groups import GroupedGPTNeoAttention
-from app.engines.stepwise.row_groups import DecodeSplit, plan_row_groups
+from app.engines.stepwise.row_groups import DecodeSplit, decoding_in_groups, plan_row_groups
 
 WINDOW = 8
 CONFIG = GPTNeoConfig(
@@ -36,7 +36,6 @@ def test_grouped_decode_attention_equals_gpt_neo_attention(kind: str) -> None:
     reference, grouped = _modules(kind)
     groups = plan_row_groups(LENGTHS)
     assert len(groups) > 2  # the test exercises the split
-    grouped.split = DecodeSplit(groups)
     rows, heads, columns, width = len(LENGTHS), CONFIG.num_heads, max(LENGTHS), 8
     query = torch.randn(rows, heads, 1, width)
     keys, values = torch.randn(2, rows, heads, columns, width).unbind()
@@ -44,8 +43,9 @@ def test_grouped_decode_attention_equals_gpt_neo_attention(kind: str) -> None:
     for row, length in enumerate(LENGTHS):
         mask[row, ..., columns - length :] = 0.0
 
-    expected, _ = reference._attn(query, keys, values, mask)
-    actual, _ = grouped._attn(query, keys, values, mask)
+    with decoding_in_groups(DecodeSplit(groups)):
+        expected, _ = reference._attn(query, keys, values, mask)
+        actual, _ = grouped._attn(query, keys, values, mask)
 
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
@@ -53,7 +53,6 @@ def test_grouped_decode_attention_equals_gpt_neo_attention(kind: str) -> None:
 def test_without_a_split_it_is_gpt_neo_attention() -> None:
     torch.manual_seed(1)
     reference, grouped = _modules("local")
-    grouped.split = DecodeSplit()
     query, keys, values = torch.randn(3, 2, 4, 12, 8).unbind()
 
     torch.testing.assert_close(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import threading
 
 import pytest
 import torch
@@ -12,7 +13,10 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from app.engines.stepwise.row_groups import (
     CALL_COST_COLUMNS,
+    DecodeSplit,
     RowGroup,
+    current_split,
+    decoding_in_groups,
     plan_row_groups,
     row_groups_attention,
 )
@@ -72,7 +76,8 @@ def test_grouped_attention_equals_one_call_over_the_padded_cache() -> None:
     groups = plan_row_groups(lengths)
     assert len(groups) > 2  # the test exercises the split
 
-    grouped, _ = row_groups_attention(module, query, keys, values, mask, row_groups=groups)
+    with decoding_in_groups(DecodeSplit(self_groups=groups)):
+        grouped, _ = row_groups_attention(module, query, keys, values, mask)
     whole, _ = sdpa_attention_forward(module, query, keys, values, mask)
 
     torch.testing.assert_close(grouped, whole, rtol=1e-6, atol=1e-6)
@@ -86,7 +91,35 @@ def test_prefill_chunks_ignore_the_split() -> None:
     split = (RowGroup(0, 1, 2), RowGroup(1, 2, 9))
     module = torch.nn.Module()
 
-    grouped, _ = row_groups_attention(module, query, keys, values, None, row_groups=split)
+    with decoding_in_groups(DecodeSplit(self_groups=split)):
+        grouped, _ = row_groups_attention(module, query, keys, values, None)
     whole, _ = sdpa_attention_forward(module, query, keys, values, None)
 
     torch.testing.assert_close(grouped, whole)
+
+
+def test_the_split_holds_only_inside_its_block_even_when_the_forward_fails() -> None:
+    split = DecodeSplit(self_groups=(RowGroup(0, 1, 4),))
+    seen: list[DecodeSplit] = []
+
+    def failing_forward() -> None:
+        with decoding_in_groups(split):
+            seen.append(current_split())
+            raise RuntimeError("the model's forward failed")
+
+    with pytest.raises(RuntimeError):
+        failing_forward()
+
+    assert seen == [split]
+    assert current_split() == DecodeSplit()
+
+
+def test_the_split_is_per_thread() -> None:
+    """The engine's model thread opens it; a forward in another thread never sees it."""
+    seen: list[DecodeSplit] = []
+    with decoding_in_groups(DecodeSplit(self_groups=(RowGroup(0, 1, 4),))):
+        thread = threading.Thread(target=lambda: seen.append(current_split()))
+        thread.start()
+        thread.join()
+
+    assert seen == [DecodeSplit()]

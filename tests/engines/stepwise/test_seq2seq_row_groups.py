@@ -11,7 +11,7 @@ import torch
 from transformers import DynamicCache, EncoderDecoderCache, T5Config
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from app.engines.stepwise.row_groups import DecodeSplit, plan_row_groups
+from app.engines.stepwise.row_groups import DecodeSplit, decoding_in_groups, plan_row_groups
 from app.engines.stepwise.seq2seq_row_groups import GroupedT5Attention
 
 CONFIG = T5Config(d_model=32, d_kv=8, num_heads=4, is_decoder=True, dropout_rate=0.0)
@@ -49,7 +49,7 @@ def test_grouped_decode_attention_equals_t5_attention(cross: bool) -> None:
     widths = LENGTHS if cross else [length + 1 for length in LENGTHS]  # the new column too
     groups = plan_row_groups(widths)
     assert len(groups) > 2  # the test exercises the split
-    grouped.split = DecodeSplit(None, groups) if cross else DecodeSplit(groups, None)
+    split = DecodeSplit(None, groups) if cross else DecodeSplit(groups, None)
 
     hidden = torch.randn(len(LENGTHS), 1, CONFIG.d_model)
     states = torch.zeros(len(LENGTHS), columns, 1) if cross else None  # only its shape counts
@@ -57,7 +57,7 @@ def test_grouped_decode_attention_equals_t5_attention(cross: bool) -> None:
     position = torch.tensor([columns])  # the new decoder column's
     contents = torch.randn(4, len(LENGTHS), CONFIG.num_heads, columns, CONFIG.d_kv)
     results = []
-    with torch.inference_mode():
+    with torch.inference_mode(), decoding_in_groups(split):
         for module in (reference, grouped):
             cache = _caches(contents)
             results.append(
@@ -82,7 +82,6 @@ def test_without_a_split_it_is_t5_attention() -> None:
     reference = T5Attention(CONFIG, has_relative_attention_bias=True, layer_idx=0).eval()
     grouped = copy.deepcopy(reference)
     grouped.__class__ = GroupedT5Attention
-    grouped.split = DecodeSplit()
     hidden = torch.randn(2, 5, CONFIG.d_model)
     with torch.inference_mode():
         expected = reference(hidden, query_length=5)
