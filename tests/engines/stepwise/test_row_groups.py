@@ -62,7 +62,8 @@ def test_the_split_is_the_cheapest_there_is(seed: int) -> None:
     assert _cost(groups) == min(_cost(split) for split in _every_split(widths))
 
 
-def test_grouped_attention_equals_one_call_over_the_padded_cache() -> None:
+@pytest.mark.parametrize("scaling", [None, 1.0], ids=["gpt2-default-scale", "opt-prescaled"])
+def test_grouped_attention_equals_one_call_over_the_padded_cache(scaling: float | None) -> None:
     """Left-padded rows of very different lengths, one query column each (a decode step)."""
     torch.manual_seed(0)
     lengths = [3, 70, 5, 6, 120, 4]
@@ -77,8 +78,8 @@ def test_grouped_attention_equals_one_call_over_the_padded_cache() -> None:
     assert len(groups) > 2  # the test exercises the split
 
     with decoding_in_groups(DecodeSplit(self_groups=groups)):
-        grouped, _ = row_groups_attention(module, query, keys, values, mask)
-    whole, _ = sdpa_attention_forward(module, query, keys, values, mask)
+        grouped, _ = row_groups_attention(module, query, keys, values, mask, scaling=scaling)
+    whole, _ = sdpa_attention_forward(module, query, keys, values, mask, scaling=scaling)
 
     torch.testing.assert_close(grouped, whole, rtol=1e-6, atol=1e-6)
 
