@@ -85,7 +85,12 @@ class Settings(BaseSettings):
     # --- HTTP service ---------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Address the HTTP server listens on.")
     port: int = Field(default=8080, ge=0, le=65535, description="Port the HTTP server uses.")
-    max_batch_size: int = Field(default=32, ge=1, description="Most sequences in one batch.")
+    max_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most sequences in one batch: a window batch (default 32) or running "
+        "together in the continuous engine (default 128).",
+    )
     max_batch_wait_ms: float = Field(
         default=100.0,
         ge=0,
@@ -109,7 +114,7 @@ class Settings(BaseSettings):
         "how long newcomers' prefill stalls the running batch).",
     )
     max_kv_cache_mb: float = Field(
-        default=2048.0,
+        default=4096.0,
         gt=0,
         description="Continuous engine: KV-cache budget; requests wait while the running "
         "batch could outgrow it.",

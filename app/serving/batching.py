@@ -36,6 +36,7 @@ from app.engines.base import (
 from app.engines.grammar import TokenConstraint
 from app.serving.errors import OverloadedError, UnavailableError
 from app.serving.metrics import ModelMetrics
+from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,19 @@ class BatchLimits:
     batch_quiet_s: float
     max_batch_tokens: int
     max_queue_size: int
+
+
+WINDOW_BATCH_SIZE = 32  # `max_batch_size` unless set: CTranslate2's and ONNX Runtime's batches
+
+
+def batch_limits(settings: Settings) -> BatchLimits:
+    return BatchLimits(
+        max_batch_size=settings.max_batch_size or WINDOW_BATCH_SIZE,
+        max_batch_wait_s=settings.max_batch_wait_ms / 1000,
+        batch_quiet_s=settings.batch_quiet_ms / 1000,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_queue_size=settings.max_queue_size,
+    )
 
 
 @dataclass(eq=False)
@@ -208,7 +222,7 @@ class Batcher(TicketQueue):
     def __init__(self, engine: Engine, limits: BatchLimits, metrics: ModelMetrics) -> None:
         super().__init__(limits.max_queue_size, metrics, "batcher")
         self._engine = engine
-        self._limits = limits
+        self.limits = limits
         self._engine_free_since = time.monotonic()
         self._thread.start()
 
@@ -240,7 +254,7 @@ class Batcher(TicketQueue):
 
     def _let_batch_fill(self) -> None:
         """Wait (lock held) while requests keep coming, within the limits above."""
-        limits = self._limits
+        limits = self.limits
         latest = max(self._queue[0].enqueued_at, self._engine_free_since) + limits.max_batch_wait_s
         while self._queue and len(self._queue) < limits.max_batch_size and not self._closed:
             last_arrival = max(self._queue[-1].enqueued_at, self._engine_free_since)
@@ -257,9 +271,9 @@ class Batcher(TicketQueue):
         compatible.sort(key=lambda t: abs(len(t.request.prompt_ids) - length))
         batch, tokens = [oldest], oldest.cost
         for ticket in compatible:
-            if len(batch) >= self._limits.max_batch_size:
+            if len(batch) >= self.limits.max_batch_size:
                 break
-            if tokens + ticket.cost <= self._limits.max_batch_tokens:
+            if tokens + ticket.cost <= self.limits.max_batch_tokens:
                 batch.append(ticket)
                 tokens += ticket.cost
         batch.sort(key=lambda t: len(t.request.prompt_ids))

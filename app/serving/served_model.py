@@ -19,7 +19,7 @@ from typing import Any
 from app.core.engine_kinds import EngineKind
 from app.engines.base import Engine, FinishReason, GeneratedToken, Generation, PromptScoringError
 from app.engines.scoring import TokenScore
-from app.serving.batching import Batcher, BatchLimits, Ticket
+from app.serving.batching import Batcher, Ticket, batch_limits
 from app.serving.errors import (
     ClientDisconnectedError,
     GenerationError,
@@ -80,17 +80,7 @@ def _queue_for(
     """Iteration-level scheduling for an engine that steps, dynamic batches for the others."""
     if engine.info.kind is EngineKind.CONTINUOUS:
         return StepScheduler(engine, scheduler_limits(settings), metrics)  # type: ignore[arg-type]
-    return Batcher(
-        engine,
-        BatchLimits(
-            max_batch_size=settings.max_batch_size,
-            max_batch_wait_s=settings.max_batch_wait_ms / 1000,
-            batch_quiet_s=settings.batch_quiet_ms / 1000,
-            max_batch_tokens=settings.max_batch_tokens,
-            max_queue_size=settings.max_queue_size,
-        ),
-        metrics,
-    )
+    return Batcher(engine, batch_limits(settings), metrics)
 
 
 class ServedModel:
@@ -114,12 +104,17 @@ class ServedModel:
         self.batcher = _queue_for(engine, settings, metrics)
 
     @property
+    def max_batch_size(self) -> int:
+        """TGI's `/info` field: the most sequences in a window batch, or running together."""
+        return self.batcher.limits.max_batch_size
+
+    @property
     def max_batch_total_tokens(self) -> int:
         """TGI's `/info` field: the tokens one batch may hold - a window batch's prompt and new
         tokens, or what one continuous step computes."""
         if isinstance(self.batcher, StepScheduler):
-            return self.settings.max_batch_total_tokens
-        return self.settings.max_batch_tokens
+            return self.batcher.limits.max_batch_total_tokens
+        return self.batcher.limits.max_batch_tokens
 
     def close(self) -> None:
         self.batcher.close(timeout=5)

@@ -180,7 +180,7 @@ def _info(state: ServiceState, model: str | None) -> Info:
     settings = state.settings
     return Info(
         **_model_info(served.name, served).model_dump(),
-        max_batch_size=settings.max_batch_size,
+        max_batch_size=served.max_batch_size,
         max_batch_total_tokens=served.max_batch_total_tokens,
         max_concurrent_requests=settings.max_queue_size,
         max_client_batch_size=settings.max_client_batch_size,

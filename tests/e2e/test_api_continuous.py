@@ -32,6 +32,7 @@ def test_generate_stream_concurrency_and_disconnect_on_the_continuous_engine() -
             info = server.get("/info", params={"model": model}).json()
             assert (info["engine"], info["quantization"]) == ("continuous", "float32")
             assert info["max_batch_total_tokens"] == 512  # the step budget, not the window's
+            assert info["max_batch_size"] == 128  # sequences running together, unset
             body = {"inputs": "Name a colour.", "model": model,
                     "parameters": {"max_new_tokens": 6, "details": True}}  # fmt: skip
             generated = server.post("/generate", json=body).json()

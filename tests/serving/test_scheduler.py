@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from app.engines.base import EngineRequest, FinishReason, GeneratedToken, SamplingParams
+from app.serving.batching import WINDOW_BATCH_SIZE, batch_limits
 from app.serving.errors import InvalidRequestError, OverloadedError, UnavailableError
 from app.serving.metrics import Metrics
-from app.serving.scheduler import StepLimits, StepScheduler
+from app.serving.scheduler import RUNNING_SEQUENCES, StepLimits, StepScheduler, scheduler_limits
 from app.settings import Settings
 from model_store.resolver import LoadedModel, load_model
 
@@ -247,3 +248,12 @@ def test_calls_run_on_the_scheduler_thread_between_steps(loaded, metrics) -> Non
     assert 3 <= tokens_before < LONG
     assert len(generation.tokens) == LONG
     assert generation.token_ids == loaded.engine.generate([running.request], GREEDY)[0].token_ids
+
+
+def test_the_running_batch_is_wider_than_a_window_batch_unless_set() -> None:
+    """Unset, `max_batch_size` is 128 running sequences here and 32 in a window batch
+    (`RUNNING_SEQUENCES`, `WINDOW_BATCH_SIZE`); set, it is both."""
+    assert scheduler_limits(Settings()).max_batch_size == RUNNING_SEQUENCES == 128
+    assert batch_limits(Settings()).max_batch_size == WINDOW_BATCH_SIZE == 32
+    assert scheduler_limits(Settings(max_batch_size=5)).max_batch_size == 5
+    assert batch_limits(Settings(max_batch_size=5)).max_batch_size == 5
