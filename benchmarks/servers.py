@@ -71,6 +71,7 @@ class ServerProcess:
     def start_phase(self) -> None:
         """Start a second peak (`phase_peak_rss_mb`) from now, to measure one phase alone."""
         self.phase_peak_rss_bytes = 0
+        self._sample_once()
 
     @property
     def peak_rss_mb(self) -> float:
@@ -78,16 +79,21 @@ class ServerProcess:
 
     @property
     def phase_peak_rss_mb(self) -> float:
+        """The peak since `start_phase`, sampled once more now: a phase shorter than the
+        sampling interval still has its start and end."""
+        self._sample_once()
         return self.phase_peak_rss_bytes / 2**20
 
     def _sample(self) -> None:
+        while not self._stop_sampling.wait(_SAMPLE_INTERVAL_S):
+            self._sample_once()
+
+    def _sample_once(self) -> None:
         assert self._process is not None
         with contextlib.suppress(psutil.Error):
-            process = psutil.Process(self._process.pid)
-            while not self._stop_sampling.wait(_SAMPLE_INTERVAL_S):
-                rss = _tree_rss_bytes(process)
-                self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
-                self.phase_peak_rss_bytes = max(self.phase_peak_rss_bytes, rss)
+            rss = _tree_rss_bytes(psutil.Process(self._process.pid))
+            self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
+            self.phase_peak_rss_bytes = max(self.phase_peak_rss_bytes, rss)
 
     def log_tail(self) -> str:
         try:
