@@ -335,12 +335,19 @@ Outcome = tuple[bool, int | str]  # (sent after the replica was gone, status or 
 def outcomes_around(
     lb_url: str, take_down: Callable[[], None], headers: Mapping[str, str] | None = None
 ) -> list[Outcome]:
-    """Four clients send /generate through nginx in a loop; `take_down` runs in the middle."""
+    """Four clients send /generate through nginx in a loop; `take_down` runs in the middle.
+
+    Each request opens its own connection to nginx. A reload (the rolling update's stand-in
+    for the ingress following the endpoints) closes the old workers' idle keep-alive
+    connections, and a request sent on one at that instant is lost between the client and the
+    balancer, before any replica sees it (seen once in ~2,500 requests: RemoteProtocolError).
+    That is the balancer's, not the replicas': what these tests judge is what reaches them."""
     outcomes: list[Outcome] = []
     stop_traffic, replica_gone = threading.Event(), threading.Event()
+    fresh_connections = httpx.Limits(max_keepalive_connections=0)
 
     def client_loop() -> None:
-        with httpx.Client(headers=headers) as client:
+        with httpx.Client(headers=headers, limits=fresh_connections) as client:
             while not stop_traffic.is_set():
                 gone = replica_gone.is_set()
                 try:
