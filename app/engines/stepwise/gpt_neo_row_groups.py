@@ -11,16 +11,11 @@ at most those.
 
 from __future__ import annotations
 
-import functools
-
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.models.gpt_neo.modeling_gpt_neo import GPTNeoSelfAttention
 
-from app.engines.stepwise.row_groups import attend_by_groups, current_split
-
-_UNSCALED_ATTENTION = functools.partial(F.scaled_dot_product_attention, scale=1.0)  # as Neo's
+from app.engines.stepwise.row_groups import UNSCALED_SDPA, attend_by_groups, current_split
 
 
 class GroupedGPTNeoAttention(GPTNeoSelfAttention):
@@ -43,7 +38,7 @@ class GroupedGPTNeoAttention(GPTNeoSelfAttention):
         # GPT-Neo computes its scores in float32 whatever the model's dtype
         mask = None if attention_mask is None else attention_mask[..., : key.shape[2]].float()
         attended = attend_by_groups(
-            _UNSCALED_ATTENTION,
+            UNSCALED_SDPA,
             query.float(),
             key.float(),
             value.float(),

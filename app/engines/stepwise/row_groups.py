@@ -25,12 +25,14 @@ GPT-Neo's attentions are their own code, and read the split in `seq2seq_row_grou
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -106,6 +108,8 @@ def plan_row_groups(widths: Sequence[int]) -> tuple[RowGroup, ...]:
 
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+# what T5 and GPT-Neo attend with: they do not scale their scores
+UNSCALED_SDPA: Attend = functools.partial(F.scaled_dot_product_attention, scale=1.0)
 
 
 def attend_by_groups(

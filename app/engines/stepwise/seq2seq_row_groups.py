@@ -17,15 +17,13 @@ reads them in place.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from app.engines.stepwise.row_groups import attend_by_groups, current_split
+from app.engines.stepwise.row_groups import UNSCALED_SDPA, attend_by_groups, current_split
 
 
 class GroupedT5Attention(T5Attention):
@@ -66,7 +64,7 @@ class GroupedT5Attention(T5Attention):
                 keys.shape[2], mask, kwargs.get("cache_position"), query.dtype
             )
         attended = attend_by_groups(
-            _UNSCALED_ATTENTION,
+            UNSCALED_SDPA,
             query,
             keys,
             values,
@@ -98,9 +96,6 @@ class GroupedT5Attention(T5Attention):
         else:
             bias = torch.zeros((1, self.n_heads, 1, key_length), dtype=dtype)
         return bias if mask is None else bias + mask[:, :, :, :key_length]
-
-
-_UNSCALED_ATTENTION = functools.partial(F.scaled_dot_product_attention, scale=1.0)  # as T5's
 
 
 def group_decoder_attention(model: PreTrainedModel) -> None:
