@@ -108,6 +108,11 @@ class BenchOptions(BaseModel):
         description="auto: vLLM's default (one core kept for its API server); all: its compute "
         "threads on every usable core",
     )
+    vllm_prefix_caching: bool = Field(
+        default=True,
+        description="vLLM's automatic prefix caching (its default): prompts it has seen, and "
+        "shared leading blocks, skip their prefill",
+    )
     server_ready_timeout_s: float = Field(default=900.0, gt=0)
     twin_cache_dir: Path
     work_dir: Path

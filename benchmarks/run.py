@@ -132,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--vllm-kv-cache-gib", type=int, help="VLLM_CPU_KVCACHE_SPACE")
     add("--vllm-cpu-bind", choices=["auto", "all"], help="vLLM's compute threads: default all")
     add(
+        "--vllm-prefix-caching",
+        metavar="on|off",
+        help="vLLM's automatic prefix caching (default on, as vLLM's own default)",
+    )
+    add(
         "--lamini-env",
         type=_key_value,
         action="append",

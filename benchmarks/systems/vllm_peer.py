@@ -54,6 +54,7 @@ def skip_reason(context: BenchContext) -> str | None:
 
 def _command(context: BenchContext, port: int) -> list[str]:
     options = context.options
+    caching = [] if options.vllm_prefix_caching else ["--no-enable-prefix-caching"]
     return [
         str(options.vllm_venv / "bin" / "vllm"),
         "serve",
@@ -73,6 +74,7 @@ def _command(context: BenchContext, port: int) -> list[str]:
         "--disable-uvicorn-access-log",
         "--uvicorn-log-level",
         "warning",
+        *caching,
     ]
 
 
@@ -104,7 +106,11 @@ def run(context: BenchContext) -> SystemRun:
     result = SystemRun(
         system=SystemName.VLLM,
         threads={"omp_threads_bind": environment.get("VLLM_CPU_OMP_THREADS_BIND", "auto")},
-        settings={"dtype": options.vllm_dtype, "kv_cache_gib": options.vllm_kv_cache_gib},
+        settings={
+            "dtype": options.vllm_dtype,
+            "kv_cache_gib": options.vllm_kv_cache_gib,
+            "prefix_caching": "on" if options.vllm_prefix_caching else "off",
+        },
         notes=[
             "prompt format applied by the client, with its stop sequence; greedy; "
             "closed loop forced with ignore_eos"

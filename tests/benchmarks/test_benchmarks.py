@@ -162,6 +162,7 @@ def _check_open_loop(lamini: dict) -> None:
         (("--systems", "pipeline,nope"), "systems"),
         (("--lamini-configs", "ct2"), "ENGINE:QUANTIZATION"),
         (("--open-loop-rates", "2,-1"), "rates must be > 0"),
+        (("--vllm-prefix-caching", "maybe"), "vllm_prefix_caching"),
     ],
 )
 def test_bad_options_are_a_one_line_error(
