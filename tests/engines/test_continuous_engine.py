@@ -300,3 +300,57 @@ def test_prompt_scores_equal_the_reference_engines(engines) -> None:
         [s.logprob for s in scores[1:]], [s.logprob for s in expected[1:]], atol=1e-4
     )
     assert [[t for t, _ in s.top] for s in scores] == [[t for t, _ in s.top] for s in expected]
+
+
+DECODER_ONLY_FAMILIES = [name for name in FAMILY_TWINS if name not in SEQ2SEQ_FAMILIES]
+
+
+@pytest.mark.parametrize("family_name", DECODER_ONLY_FAMILIES)
+def test_greedy_tokens_equal_generate_when_prompts_start_from_the_prefix_cache(
+    tiny_twin, engines, family_name
+) -> None:
+    """Prompts that repeat or extend earlier ones, alone, beside uncached ones and prefilled in
+    chunks: the cached columns are copied, not computed, and every row's tokens are still the
+    reference's."""
+    _, reference = engines(family_name)
+    engine = ContinuousEngine(
+        tiny_twin(FAMILY_TWINS[family_name]),
+        get_family(family_name),
+        precision="float32",
+        prefix_cache_mb=64,
+    )
+    first = _request(engine, " ".join(INSTRUCTIONS), 8)
+    repeat = EngineRequest(first.prompt_ids, max_new_tokens=8)
+    longer = EngineRequest([*first.prompt_ids, *engine.encode(" And again.")], max_new_tokens=8)
+    other = EngineRequest(engine.encode("Write a poem about the sea at night. " * 4), 8)
+
+    cached = []
+    for batch, chunk in (([first], 10**6), ([repeat, other], 10**6), ([longer, first], 7)):
+        trackers = [engine.track(r) for r in batch]
+        cached.append(engine.begin(trackers, [GREEDY] * len(batch)))
+        while engine.prefilling:
+            engine.prefill(chunk * len(batch))
+            engine.step()
+        _run_until_done(engine)
+        for tracker, request in zip(trackers, batch, strict=True):
+            assert tracker.finish().token_ids == _alone(reference, request), request.prompt_ids
+
+    shared = len(first.prompt_ids)
+    assert cached == [0, shared - 1, shared + shared - 1]  # all of `first` but what it feeds
+    assert len(engine.prefixes) == 2  # `first` and `other`: `longer` adds under a block
+
+
+def test_the_prefix_cache_is_off_at_zero_and_for_encoder_decoders(tiny_twin, engines) -> None:
+    gpt, _ = engines("lamini-gpt")
+    t5 = ContinuousEngine(
+        tiny_twin(FAMILY_TWINS["lamini-flan-t5"]),
+        get_family("lamini-flan-t5"),
+        precision="float32",
+        prefix_cache_mb=64,
+    )
+    request = _request(gpt, " ".join(INSTRUCTIONS), 2)
+    gpt.generate([request, request], GREEDY)
+
+    assert gpt.prefixes is None
+    assert gpt.cached_prefix(request) == 0
+    assert t5.prefixes is None

@@ -10,6 +10,9 @@ Prefill runs in chunks of columns (`advance`), each attending to the cache the e
 left, so a long prompt can be spread over several scheduler turns and the running batch keeps
 decoding in between; in float32 the tokens are the same as from one pass. Only the last chunk
 computes the output projection, for the last position only.
+
+A prompt whose start is in the prefix cache (`prefix_cache.py`) has those columns copied in,
+not computed: the batch's prefill starts at the first column some row has no cached state for.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from app.engines.stepwise.gpt_neo_row_groups import group_gpt_neo_attention
+from app.engines.stepwise.prefix_cache import PrefixHit
 from app.engines.stepwise.row_groups import (
     ROW_GROUPS_ATTENTION,
     DecodeSplit,
@@ -91,8 +95,11 @@ class CausalStepper:
         self._pad = pad_token_id
         self.bytes_per_token = bytes_per_token
 
-    def start(self, prompts: Sequence[Sequence[int]]) -> CausalPrefill:
-        """New prompts as one left-padded batch, nothing computed yet."""
+    def start(
+        self, prompts: Sequence[Sequence[int]], hits: Sequence[PrefixHit | None] = ()
+    ) -> CausalPrefill:
+        """New prompts as one left-padded batch, nothing computed yet but the columns every
+        row has cached (`hits`, one per prompt, if given)."""
         width = max(len(prompt) for prompt in prompts)
         ids = torch.full((len(prompts), width), self._pad, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -100,7 +107,20 @@ class CausalStepper:
             ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
             mask[row, width - len(prompt) :] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        return CausalPrefill(ids, mask, positions, slot_cache("left"))
+        prefill = CausalPrefill(ids, mask, positions, slot_cache("left"))
+        if any(hit is not None for hit in hits):
+            _restore_cached(prefill, prompts, hits)
+        return prefill
+
+    def prompt_states(self, prefill: CausalPrefill, row: int, tokens: int) -> torch.Tensor:
+        """Row `row`'s last `tokens` columns of a finished prefill (its prompt's, left-padded)
+        as one `[layers, 2, heads, tokens, head_dim]` tensor of its own: a prefix-cache entry."""
+        return torch.stack(
+            [
+                torch.stack([layer.keys[row, :, -tokens:], layer.values[row, :, -tokens:]])
+                for layer in prefill.cache.layers
+            ]
+        )
 
     def advance(
         self, prefill: CausalPrefill, columns: int
@@ -178,3 +198,30 @@ class CausalStepper:
     def repetition_context(self, prompt: Sequence[int]) -> Sequence[int]:
         """The tokens a repetition penalty starts from: the prompt (as transformers does)."""
         return prompt
+
+
+def _restore_cached(
+    prefill: CausalPrefill, prompts: Sequence[Sequence[int]], hits: Sequence[PrefixHit | None]
+) -> None:
+    """Copy the cached columns in up to the first one a row still has to compute; padding
+    columns are zeros, as a computed prefill leaves them (see `slots.py`: never unwritten)."""
+    width = prefill.ids.shape[1]
+    cached = [0 if hit is None else hit.tokens for hit in hits]
+    begin = width - max(len(p) - c for p, c in zip(prompts, cached, strict=True))
+    if begin <= 0:
+        return
+    like = next(hit.states for hit in hits if hit is not None)
+    layers, _, heads, _, head_dim = like.shape
+    shape = (prefill.size, heads, begin, head_dim)
+    for layer in range(layers):
+        keys = torch.empty(shape, dtype=like.dtype, device=like.device)
+        values = torch.empty(shape, dtype=like.dtype, device=like.device)
+        for row, (prompt, hit) in enumerate(zip(prompts, hits, strict=True)):
+            first = min(width - len(prompt), begin)
+            keys[row, :, :first] = 0
+            values[row, :, :first] = 0
+            if first < begin:  # then the row has a hit of at least begin - first tokens
+                keys[row, :, first:] = hit.states[layer, 0, :, : begin - first]
+                values[row, :, first:] = hit.states[layer, 1, :, : begin - first]
+        prefill.cache.update(keys, values, layer)
+    prefill.done = begin
