@@ -119,6 +119,12 @@ class Settings(BaseSettings):
         description="Continuous engine: KV-cache budget; requests wait while the running "
         "batch could outgrow it.",
     )
+    prefix_cache_mb: float = Field(
+        default=1024.0,
+        ge=0,
+        description="Continuous engine, decoder-only: memory for recent prompts' KV states, so "
+        "a prompt starting like one of them skips that part of its prefill; 0 turns it off.",
+    )
     max_queue_size: int = Field(
         default=256, ge=1, description="Waiting requests per model before answering 429."
     )

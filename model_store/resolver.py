@@ -93,7 +93,12 @@ def open_engine(
         from app.engines.stepwise.engine import ContinuousEngine
 
         return ContinuousEngine(
-            checkpoint_dir, family, device, threads, precision=settings.quantization
+            checkpoint_dir,
+            family,
+            device,
+            threads,
+            precision=settings.quantization,
+            prefix_cache_mb=settings.prefix_cache_mb,
         )
     raise EngineUnavailableError(f"unknown engine {kind.value!r}")
 

@@ -116,4 +116,5 @@ def _number(convert: Callable[[str], float], check: Callable[[float], bool], wan
 positive_int = _number(int, lambda v: v >= 1, "a whole number >= 1")
 non_negative_int = _number(int, lambda v: v >= 0, "a whole number >= 0")
 positive_float = _number(float, lambda v: v > 0 and v != float("inf"), "a number > 0")
+non_negative_float = _number(float, lambda v: 0 <= v != float("inf"), "a number >= 0")
 probability = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")

@@ -15,6 +15,7 @@ import uvicorn
 
 from app.commands.common import (
     add_model_options,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -35,6 +36,7 @@ _SERVICE_FLAGS: tuple[tuple[str, str, object, str], ...] = (
     ("--max-batch-tokens", "max_batch_tokens", positive_int, "prompt+new tokens per batch"),
     ("--max-batch-total-tokens", "max_batch_total_tokens", positive_int, "tokens per step"),
     ("--max-kv-cache-mb", "max_kv_cache_mb", positive_float, "KV-cache budget (continuous)"),
+    ("--prefix-cache-mb", "prefix_cache_mb", non_negative_float, "prompt-prefix cache (0: off)"),
     ("--max-queue-size", "max_queue_size", positive_int, "waiting requests before 429"),
     ("--max-client-batch-size", "max_client_batch_size", positive_int, "prompts per request"),
     ("--request-timeout-s", "request_timeout_s", positive_float, "per-request time limit"),

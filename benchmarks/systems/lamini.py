@@ -22,6 +22,7 @@ import httpx
 from app.core.engine_kinds import EngineKind
 from app.core.errors import LaminiError
 from app.engines.ctranslate2_engine import thread_layout
+from app.settings import Settings
 from benchmarks.completions import CompletionsEndpoint, served_model_id
 from benchmarks.context import BenchContext
 from benchmarks.loadgen import CallResult, RequestSender, json_sender
@@ -213,6 +214,11 @@ def run(context: BenchContext) -> SystemRun:
     """Every configuration in turn; one that fails is reported and the others still run (the
     system fails only when all of them did)."""
     result = SystemRun(system=SystemName.LAMINI, threads=_thread_settings(context))
+    result.settings["prefix_cache_mb"] = str(
+        context.options.lamini_env.get(
+            "LAMINI_PREFIX_CACHE_MB", Settings.model_fields["prefix_cache_mb"].default
+        )
+    )
     peak_rss: list[float] = []
     failures: list[str] = []
     for engine, quantization in context.options.served_configs():
