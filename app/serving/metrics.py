@@ -114,6 +114,25 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.prefix_cache_queries = Counter(
+            "lamini_prefix_cache_queries",
+            "Prompt tokens of the requests joining the continuous engine's batch (decoder-only, "
+            "prefix cache on).",
+            ["model"],
+            registry=r,
+        )
+        self.prefix_cache_hits = Counter(
+            "lamini_prefix_cache_hits",
+            "Of those prompt tokens, the ones found in the prefix cache (not computed).",
+            ["model"],
+            registry=r,
+        )
+        self.prefix_cache_usage = Gauge(
+            "lamini_prefix_cache_usage_ratio",
+            "Memory the prefix cache holds, as a share of its budget (prefix_cache_mb).",
+            ["model"],
+            registry=r,
+        )
         self.requests = Counter(
             "lamini_request",
             "Requests answered, by route and HTTP status.",
@@ -193,6 +212,13 @@ class ModelMetrics:
 
     def set_kv_cache_usage(self, ratio: float) -> None:
         self.metrics.kv_cache_usage.labels(self.model).set(ratio)
+
+    def observe_prefix_cache(self, prompt_tokens: int, cached_tokens: int) -> None:
+        self.metrics.prefix_cache_queries.labels(self.model).inc(prompt_tokens)
+        self.metrics.prefix_cache_hits.labels(self.model).inc(cached_tokens)
+
+    def set_prefix_cache_usage(self, ratio: float) -> None:
+        self.metrics.prefix_cache_usage.labels(self.model).set(ratio)
 
     def set_queue_size(self, size: int) -> None:
         self.metrics.queue_size.labels(self.model).set(size)

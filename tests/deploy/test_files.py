@@ -51,6 +51,9 @@ DASHBOARD_MUST_CHART = {
     "lamini_step_duration_seconds_bucket",
     "lamini_step_tokens_sum",
     "lamini_request_inter_token_latency_seconds_bucket",
+    "lamini_prefix_cache_hits_total",
+    "lamini_prefix_cache_queries_total",
+    "lamini_prefix_cache_usage_ratio",
 }
 _METRIC_NAME = re.compile(r"(?<![\w:])lamini_\w+")
 

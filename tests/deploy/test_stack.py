@@ -278,7 +278,8 @@ def test_latency_quantile_over_the_replicas_is_a_number(stack: Stack) -> None:
 
 # Exported only by the continuous engine's step scheduler.
 STEP_SCHEDULER_METRICS = re.compile(
-    r"lamini_(running_sequences|kv_cache_usage_ratio|step_duration_seconds|step_tokens)"
+    r"lamini_(running_sequences|kv_cache_usage_ratio|step_duration_seconds|step_tokens"
+    r"|prefix_cache_\w+)"
 )
 
 

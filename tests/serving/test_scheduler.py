@@ -27,6 +27,14 @@ LONG, SHORT = 60, 3
 
 @pytest.fixture(scope="module")
 def loaded() -> LoadedModel:
+    """The engine without a prefix cache: each test's prefills compute every prompt token."""
+    return load_model(
+        MODEL, Settings(engine="continuous", quantization="float32", prefix_cache_mb=0)
+    )
+
+
+@pytest.fixture(scope="module")
+def loaded_with_prefix_cache() -> LoadedModel:
     return load_model(MODEL, Settings(engine="continuous", quantization="float32"))
 
 
@@ -147,6 +155,27 @@ def test_a_prefill_batch_takes_prompts_that_pad_little(loaded, metrics) -> None:
     assert sample(metrics, "lamini_step_duration_seconds_count", kind="prefill") == 2
     computed = sample(metrics, "lamini_step_tokens_sum", kind="prefill")
     assert computed <= sum(map(len, queued)) + 3 * (max(map(len, shorts)) - min(map(len, shorts)))
+
+
+def test_a_prompt_found_in_the_prefix_cache_counts_only_what_it_computes(
+    loaded_with_prefix_cache, metrics
+) -> None:
+    """A long prompt is prefilled in chunks of the token budget; sent again, it is found in
+    the prefix cache and its prefill computes one token in one turn, with the same tokens."""
+    loaded, budget = loaded_with_prefix_cache, 10
+    long_ids = prompt(loaded, "Describe the history of every ocean on the planet. " * 3)
+    chunks = -(-len(long_ids) // budget)
+
+    with make_scheduler(loaded, metrics, max_batch_total_tokens=budget) as scheduler:
+        first = scheduler.submit(long_ids, SHORT, GREEDY).future.result(timeout=60)
+        again = scheduler.submit(long_ids, SHORT, GREEDY).future.result(timeout=60)
+
+    assert again.token_ids == first.token_ids
+    assert sample(metrics, "lamini_step_duration_seconds_count", kind="prefill") == chunks + 1
+    assert sample(metrics, "lamini_step_tokens_sum", kind="prefill") == len(long_ids) + 1
+    assert sample(metrics, "lamini_prefix_cache_hits_total") == len(long_ids) - 1
+    assert sample(metrics, "lamini_prefix_cache_queries_total") == 2 * len(long_ids)
+    assert 0 < sample(metrics, "lamini_prefix_cache_usage_ratio") < 1
 
 
 def test_the_kv_budget_makes_requests_wait_and_none_is_lost(loaded, metrics) -> None:
