@@ -102,11 +102,6 @@ class PrefixCache:
         self.bytes += size
         self._touch(entry)
 
-    def clear(self) -> None:
-        self._entries.clear()
-        self._owners.clear()
-        self.bytes = 0
-
     def _touch(self, entry: _Entry) -> None:
         """`entry` becomes the most recently used, and owns its blocks (so evicting an older
         entry that shares them does not hide them)."""
