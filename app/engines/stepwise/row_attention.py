@@ -1,0 +1,174 @@
+"""Decode attention as one compiled loop over (row, head), each over its own columns.
+
+A decode step attends one query per row over a cache padded to its longest row. PyTorch's
+SDPA and batched matrix products run a decode step's attention as a few hundred tiny
+matrix-vector products, and over strided views of the cache (`slots.py`), so their time follows
+the calls, not the bytes. Measured on a 2-core AMD EPYC (12 layers, 32 rows of 60-240 columns,
+4803 real columns, float32 cache views of a wider buffer): SDPA over the masked whole 29.0 ms,
+per row group (`row_groups.py`) ~25 ms, this loop 13.5 ms - 26 GB/s, about what the memory
+gives (33 GB/s for a copy). Inside a batch-32 int8 GPT-124M decode step the attention was 44 %
+of the step before.
+
+The loop is compiled with numba at its first use (`warm_up`, ~2 s, cached on disk after). Its
+parallel loop runs on numba's OpenMP layer, which resolves to the libgomp torch's wheel loaded
+(one OpenMP runtime, so one thread team per thread: `threads.py` says why that matters); numba's
+own work queue instead, where no libgomp is found, made a step's attention as slow as one
+thread. Float32 only (what int8 and float32 models keep in the cache; bfloat16 caches go
+through SDPA per row group); sums are reordered (fast math), so results differ from SDPA's by
+~1e-7.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numba
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+# torch's libgomp first (see above); tbb is not installed with us, the work queue is a fallback
+numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _attend(
+    query: np.ndarray,  # [rows, heads, width], C-contiguous
+    keys: np.ndarray,  # flat; element (row, head, column, i) at row*sr + head*sh + column*sc + i
+    values: np.ndarray,  # flat, the same strides
+    row_stride: int,
+    head_stride: int,
+    column_stride: int,
+    first: np.ndarray,  # [rows]: the first column each row attends to
+    stop: np.ndarray,  # [rows]: one past its last
+    scale: float,
+    bias: np.ndarray,  # flat, added to the scores (empty: none)
+    bias_row_stride: int,
+    bias_head_stride: int,
+    bias_column_stride: int,
+    out: np.ndarray,  # [rows, heads, width]
+) -> None:
+    rows, heads, width = query.shape
+    for item in numba.prange(rows * heads):
+        row = item // heads
+        head = item % heads
+        begin, end = first[row], stop[row]
+        base = row * row_stride + head * head_stride
+        own_query = query[row, head]
+        # one column's vector as a slice: numba vectorises a loop over a slice, not over
+        # computed indices (3x slower)
+        scores = np.empty(end - begin, np.float32)
+        highest = np.float32(-np.inf)
+        for column in range(begin, end):
+            at = base + column * column_stride
+            key = keys[at : at + width]
+            total = np.float32(0.0)
+            for i in range(width):
+                total += own_query[i] * key[i]
+            total *= scale
+            if bias.size:
+                total += bias[
+                    row * bias_row_stride + head * bias_head_stride + column * bias_column_stride
+                ]
+            scores[column - begin] = total
+            highest = max(highest, total)
+        weights = np.float32(0.0)
+        for j in range(end - begin):
+            scores[j] = np.exp(scores[j] - highest)
+            weights += scores[j]
+        attended = np.zeros(width, np.float32)
+        for column in range(begin, end):
+            at = base + column * column_stride
+            value = values[at : at + width]
+            weight = scores[column - begin]
+            for i in range(width):
+                attended[i] += weight * value[i]
+        for i in range(width):
+            out[row, head, i] = attended[i] / weights
+
+
+def fits(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> bool:
+    """Whether `attend_rows` computes this: float32 on the CPU, one query column, keys and
+    values alike strided with contiguous head vectors."""
+    return (
+        query.device.type == "cpu"
+        and query.dtype == keys.dtype == values.dtype == torch.float32
+        and query.shape[2] == 1
+        and keys.stride() == values.stride()
+        and keys.stride(-1) == 1
+        and min(keys.stride()) >= 0
+    )
+
+
+def attend_rows(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    first: np.ndarray,
+    stop: np.ndarray,
+    scale: float | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Each row's query ([rows, heads, 1, width]) attending over its columns [first, stop) of
+    `keys` and `values` ([rows, heads, columns, width], any such view: the cache is read in
+    place), scores scaled (None: 1/sqrt(width)) and `bias` added (broadcast to [rows, heads, 1,
+    columns]; only the attended columns are read, so a mask in it changes nothing). Returns
+    [rows, heads, 1, width]; only what `fits`."""
+    rows, heads, _, width = query.shape
+    out = np.empty((rows, heads, width), np.float32)
+    if bias is None:
+        flat_bias, bias_strides = np.empty(0, np.float32), (0, 0, 0)
+    else:
+        bias = bias.float().expand(rows, heads, 1, keys.shape[2])
+        flat_bias = _flat(bias)
+        bias_strides = (bias.stride(0), bias.stride(1), bias.stride(3))
+    _attend(
+        query.reshape(rows, heads, width).contiguous().numpy(),
+        _flat(keys),
+        _flat(values),
+        *keys.stride()[:3],
+        first.astype(np.int64, copy=False),
+        stop.astype(np.int64, copy=False),
+        np.float32(1 / math.sqrt(width) if scale is None else scale),
+        flat_bias,
+        *bias_strides,
+        out,
+    )
+    return torch.from_numpy(out).unsqueeze(2)
+
+
+def warm_up() -> None:
+    """Compile the loop now (or load it from numba's cache), not during a request; on one
+    thread, so that the calling thread (which loads the model) starts no OpenMP team."""
+    keys = torch.zeros(1, 1, 2, 2)
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        attend_rows(
+            torch.zeros(1, 1, 1, 2), keys, keys, np.zeros(1, np.int64), np.ones(1, np.int64)
+        )
+    finally:
+        numba.set_num_threads(before)
+    layer = numba.threading_layer()
+    if layer != "omp":
+        logger.warning(
+            "numba runs decode attention on its %r threading layer, not OpenMP: expect it "
+            "to be slower (install libgomp1)",
+            layer,
+        )
+
+
+def use_threads(threads: int) -> None:
+    """The calling thread's parallel loops run on `threads` threads (at most numba's own)."""
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+
+
+def _flat(tensor: torch.Tensor) -> np.ndarray:
+    """`tensor`'s elements in storage from its first one to its last, as a flat array (no
+    copy): what its strides index."""
+    span = 1 + sum(
+        (size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride(), strict=True)
+    )
+    return tensor.as_strided((span,), (1,)).numpy()
