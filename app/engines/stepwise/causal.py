@@ -28,8 +28,8 @@ from app.engines.stepwise.prefix_cache import PrefixHit
 from app.engines.stepwise.row_groups import (
     ROW_GROUPS_ATTENTION,
     DecodeSplit,
+    RowWidths,
     decoding_in_groups,
-    plan_row_groups,
 )
 from app.engines.stepwise.rows import stack_rows
 from app.engines.stepwise.slots import append_rows, compaction_order, keep_rows, slot_cache
@@ -148,7 +148,7 @@ class CausalStepper:
     def decode(self, rows: CausalRows) -> torch.Tensor:
         """Feed every row its next token; return the logits that follow."""
         rows.mask = torch.cat([rows.mask, rows.mask.new_ones((rows.size, 1))], dim=1)
-        split = DecodeSplit(self_groups=plan_row_groups((rows.lengths + 1).tolist()))
+        split = DecodeSplit(self_rows=RowWidths(tuple((rows.lengths + 1).tolist())))
         with decoding_in_groups(split):
             hidden = self._body(
                 input_ids=rows.next_ids[:, None],

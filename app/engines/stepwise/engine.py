@@ -47,6 +47,7 @@ from app.engines.base import (
 from app.engines.constraint_mask import mask_disallowed
 from app.engines.grammar import TokenConstraint
 from app.engines.loading import checkpoint_load_errors, load_tokenizer
+from app.engines.stepwise import row_attention
 from app.engines.stepwise.causal import CausalPrefill, CausalStepper
 from app.engines.stepwise.precision import resolve_precision, return_freed_memory
 from app.engines.stepwise.prefix_cache import BLOCK_TOKENS, PrefixCache, PrefixHit
@@ -93,6 +94,7 @@ class ContinuousEngine(Engine):
             )
             self.model = chosen.apply(model.to(self.device).eval())
         return_freed_memory()  # what loading and int8 conversion freed
+        row_attention.warm_up()
         self.compute_here()  # the synchronous API computes on the loading thread
         pad = self.tokenizer.pad_token_id
         pad = pad if pad is not None else self.tokenizer.eos_token_id
@@ -135,6 +137,7 @@ class ContinuousEngine(Engine):
     def compute_here(self) -> None:
         """Make the calling thread the one that computes (`threads.py` says why only one)."""
         torch.set_num_threads(self.threads)
+        row_attention.use_threads(self.threads)
 
     @property
     def running(self) -> int:

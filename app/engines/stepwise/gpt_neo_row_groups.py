@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.models.gpt_neo.modeling_gpt_neo import GPTNeoSelfAttention
 
-from app.engines.stepwise.row_groups import UNSCALED_SDPA, attend_by_groups, current_split
+from app.engines.stepwise.row_groups import UNSCALED_SDPA, attend_by_rows, current_split
 
 
 class GroupedGPTNeoAttention(GPTNeoSelfAttention):
@@ -32,18 +32,19 @@ class GroupedGPTNeoAttention(GPTNeoSelfAttention):
         attention_mask: torch.Tensor | None = None,
         head_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, None]:
-        groups = current_split().self_groups
-        if groups is None or head_mask is not None or query.shape[2] != 1:
+        rows = current_split().self_rows
+        if rows is None or head_mask is not None or query.shape[2] != 1:
             return super()._attn(query, key, value, attention_mask, head_mask)
         # GPT-Neo computes its scores in float32 whatever the model's dtype
         mask = None if attention_mask is None else attention_mask[..., : key.shape[2]].float()
-        attended = attend_by_groups(
+        attended = attend_by_rows(
             UNSCALED_SDPA,
             query.float(),
             key.float(),
             value.float(),
             mask,
-            groups,
+            rows,
+            scale=1.0,
             window=self.window,
         )
         return attended.to(value.dtype), None

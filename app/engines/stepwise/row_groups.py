@@ -19,8 +19,10 @@ since no model passes a keyword of ours down to its attention. transformers' GPT
 attention layers call a registered attention function (their `_supports_attention_backend`):
 this one is registered as `ROW_GROUPS_ATTENTION`, with transformers' SDPA mask. T5's and
 GPT-Neo's attentions are their own code, and read the split in `seq2seq_row_groups.py` and
-`gpt_neo_row_groups.py`. All three attend group by group with `attend_by_groups`. Prefill chunks
-(more than one query column) and forwards outside a split attend as transformers does.
+`gpt_neo_row_groups.py`. All three attend with `attend_by_rows`: in float32 one compiled loop
+over every row's own columns (`row_attention.py`, faster still), else SDPA group by group.
+Prefill chunks (more than one query column) and forwards outside a split attend as
+transformers does.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from app.engines.stepwise import row_attention
 from app.engines.stepwise.rows import Side
 
 ROW_GROUPS_ATTENTION = "lamini_row_groups"
@@ -57,11 +61,27 @@ class RowGroup:
 
 
 @dataclass(frozen=True)
-class DecodeSplit:
-    """The row groups of the decode step in progress (None: attend as transformers does)."""
+class RowWidths:
+    """How many columns each row of a decode step attends over, in cache order."""
 
-    self_groups: tuple[RowGroup, ...] | None = None
-    cross_groups: tuple[RowGroup, ...] | None = None  # T5's cross-attention
+    widths: tuple[int, ...]
+
+    @functools.cached_property
+    def groups(self) -> tuple[RowGroup, ...]:
+        """The split SDPA attends by (planned once a step, read by every layer)."""
+        return plan_row_groups(self.widths)
+
+    @functools.cached_property
+    def array(self) -> np.ndarray:
+        return np.asarray(self.widths, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class DecodeSplit:
+    """The rows' widths in the decode step in progress (None: attend as transformers does)."""
+
+    self_rows: RowWidths | None = None
+    cross_rows: RowWidths | None = None  # T5's cross-attention
 
 
 _NO_SPLIT = DecodeSplit()
@@ -112,30 +132,47 @@ Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None
 UNSCALED_SDPA: Attend = functools.partial(F.scaled_dot_product_attention, scale=1.0)
 
 
-def attend_by_groups(
+def attend_by_rows(
     attend: Attend,
     query: torch.Tensor,
     keys: torch.Tensor,
     values: torch.Tensor,
     mask: torch.Tensor | None,
-    groups: tuple[RowGroup, ...],
+    rows: RowWidths,
     *,
+    scale: float | None = None,
+    mask_is_bias: bool = False,
     side: Side = "left",
     window: int | None = None,
 ) -> torch.Tensor:
-    """`attend(query, keys, values, mask)` ([rows, heads, columns, width] each, the mask
-    per row) run per group over its own columns, the results stacked by row. A group's
-    columns are the cache's last `width` when it is left-padded, its first when right-padded
-    (T5's encoder states); `window` caps them (GPT-Neo's local layers)."""
+    """What `attend(query, keys, values, mask)` gives ([rows, heads, columns, width] each, the
+    mask per row), each row reading only its own columns: its last `rows.widths[row]` when the
+    cache is left-padded, its first when right-padded (T5's encoder states); `window` caps
+    them (GPT-Neo's local layers). `scale` is what `attend` scales scores by (None:
+    1/sqrt(width)); `mask_is_bias`: the mask is added to the scores (T5's position bias).
+
+    Float32 runs `row_attention.py`'s loop, one pass over every row's own columns; other
+    dtypes run `attend` per row group over the group's columns, the results stacked by row."""
     total = keys.shape[2]
+    widths = rows.array if window is None else np.minimum(rows.array, window)
+    if row_attention.fits(query, keys, values):
+        first = total - widths if side == "left" else np.zeros_like(widths)
+        stop = np.full_like(widths, total) if side == "left" else widths
+        bias = mask if mask_is_bias else None
+        return row_attention.attend_rows(query, keys, values, first, stop, scale, bias)
     outputs = []
-    for group in groups:
+    for group in rows.groups:
         width = group.width if window is None else min(group.width, window)
-        rows = slice(group.start, group.stop)
+        selected = slice(group.start, group.stop)
         columns = slice(total - width, None) if side == "left" else slice(0, width)
-        group_mask = None if mask is None else mask[rows, :, :, columns]
+        group_mask = None if mask is None else mask[selected, :, :, columns]
         outputs.append(
-            attend(query[rows], keys[rows, :, columns], values[rows, :, columns], group_mask)
+            attend(
+                query[selected],
+                keys[selected, :, columns],
+                values[selected, :, columns],
+                group_mask,
+            )
         )
     return torch.cat(outputs)
 
@@ -149,16 +186,20 @@ def row_groups_attention(
     **kwargs: object,
 ) -> tuple[torch.Tensor, None]:
     """transformers' SDPA attention, run per row group over its own columns when decoding."""
-    groups = current_split().self_groups
-    if groups is None or len(groups) < 2 or query.shape[2] != 1:
+    rows = current_split().self_rows
+    if rows is None or query.shape[2] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
     def attend(
         query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        return sdpa_attention_forward(module, query, keys, values, mask, **kwargs)[0]
+        return sdpa_attention_forward(module, query, keys, values, mask, **kwargs)[0].transpose(
+            1, 2
+        )
 
-    return attend_by_groups(attend, query, key, value, attention_mask, groups), None
+    scale = kwargs.get("scaling")
+    attended = attend_by_rows(attend, query, key, value, attention_mask, rows, scale=scale)
+    return attended.transpose(1, 2).contiguous(), None
 
 
 AttentionInterface.register(ROW_GROUPS_ATTENTION, row_groups_attention)

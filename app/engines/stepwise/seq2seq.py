@@ -21,7 +21,7 @@ import torch
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
-from app.engines.stepwise.row_groups import DecodeSplit, decoding_in_groups, plan_row_groups
+from app.engines.stepwise.row_groups import DecodeSplit, RowWidths, decoding_in_groups
 from app.engines.stepwise.rows import stack_rows
 from app.engines.stepwise.seq2seq_row_groups import group_decoder_attention
 from app.engines.stepwise.slots import append_rows, compaction_order, keep_rows, slot_cache
@@ -121,8 +121,8 @@ class Seq2SeqStepper:
             rows.size, rows.encoder_mask.shape[1], 1
         )
         split = DecodeSplit(
-            self_groups=plan_row_groups((rows.lengths + 1).tolist()),
-            cross_groups=plan_row_groups(rows.encoder_mask.sum(dim=1).tolist()),
+            self_rows=RowWidths(tuple((rows.lengths + 1).tolist())),
+            cross_rows=RowWidths(tuple(rows.encoder_mask.sum(dim=1).tolist())),
         )
         with decoding_in_groups(split):
             logits = self._model(

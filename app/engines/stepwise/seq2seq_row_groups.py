@@ -23,7 +23,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from app.engines.stepwise.row_groups import UNSCALED_SDPA, attend_by_groups, current_split
+from app.engines.stepwise.row_groups import UNSCALED_SDPA, attend_by_rows, current_split
 
 
 class GroupedT5Attention(T5Attention):
@@ -41,9 +41,9 @@ class GroupedT5Attention(T5Attention):
     ) -> tuple[torch.Tensor, ...]:
         cross = key_value_states is not None
         split = current_split()
-        groups = split.cross_groups if cross else split.self_groups
+        rows_split = split.cross_rows if cross else split.self_rows
         plain = kwargs.get("output_attentions") or kwargs.get("layer_head_mask") is not None
-        if groups is None or plain or self.pruned_heads or hidden_states.shape[1] != 1:
+        if rows_split is None or plain or self.pruned_heads or hidden_states.shape[1] != 1:
             return super().forward(
                 hidden_states, mask, key_value_states, position_bias, past_key_values, **kwargs
             )
@@ -63,13 +63,15 @@ class GroupedT5Attention(T5Attention):
             position_bias = self._position_bias(
                 keys.shape[2], mask, kwargs.get("cache_position"), query.dtype
             )
-        attended = attend_by_groups(
+        attended = attend_by_rows(
             UNSCALED_SDPA,
             query,
             keys,
             values,
             position_bias.expand(rows, -1, -1, -1),  # bias and mask, added to the scores
-            groups,
+            rows_split,
+            scale=1.0,
+            mask_is_bias=True,
             side="right" if cross else "left",
         )
         attended = attended.transpose(1, 2).reshape(rows, 1, self.inner_dim)

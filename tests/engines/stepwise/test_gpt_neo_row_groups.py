@@ -12,7 +12,12 @@ from transformers import GPTNeoConfig
 from transformers.models.gpt_neo.modeling_gpt_neo import GPTNeoSelfAttention
 
 from app.engines.stepwise.gpt_neo_row_groups import GroupedGPTNeoAttention
-from app.engines.stepwise.row_groups import DecodeSplit, decoding_in_groups, plan_row_groups
+from app.engines.stepwise.row_groups import (
+    DecodeSplit,
+    RowWidths,
+    decoding_in_groups,
+    plan_row_groups,
+)
 
 WINDOW = 8
 CONFIG = GPTNeoConfig(
@@ -43,7 +48,7 @@ def test_grouped_decode_attention_equals_gpt_neo_attention(kind: str) -> None:
     for row, length in enumerate(LENGTHS):
         mask[row, ..., columns - length :] = 0.0
 
-    with decoding_in_groups(DecodeSplit(groups)):
+    with decoding_in_groups(DecodeSplit(RowWidths(tuple(LENGTHS)))):
         expected, _ = reference._attn(query, keys, values, mask)
         actual, _ = grouped._attn(query, keys, values, mask)
 

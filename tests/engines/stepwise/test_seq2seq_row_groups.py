@@ -11,7 +11,11 @@ import torch
 from transformers import DynamicCache, EncoderDecoderCache, T5Config
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from app.engines.stepwise.row_groups import DecodeSplit, decoding_in_groups, plan_row_groups
+from app.engines.stepwise.row_groups import (
+    DecodeSplit,
+    RowWidths,
+    decoding_in_groups,
+)
 from app.engines.stepwise.seq2seq_row_groups import GroupedT5Attention
 
 CONFIG = T5Config(d_model=32, d_kv=8, num_heads=4, is_decoder=True, dropout_rate=0.0)
@@ -47,9 +51,9 @@ def test_grouped_decode_attention_equals_t5_attention(cross: bool) -> None:
     grouped.__class__ = GroupedT5Attention
     side = "right" if cross else "left"
     widths = LENGTHS if cross else [length + 1 for length in LENGTHS]  # the new column too
-    groups = plan_row_groups(widths)
-    assert len(groups) > 2  # the test exercises the split
-    split = DecodeSplit(None, groups) if cross else DecodeSplit(groups, None)
+    rows = RowWidths(tuple(widths))
+    assert len(rows.groups) > 2  # the test exercises the split
+    split = DecodeSplit(None, rows) if cross else DecodeSplit(rows, None)
 
     hidden = torch.randn(len(LENGTHS), 1, CONFIG.d_model)
     states = torch.zeros(len(LENGTHS), columns, 1) if cross else None  # only its shape counts
