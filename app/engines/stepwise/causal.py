@@ -83,7 +83,7 @@ class CausalStepper:
 
     def __init__(self, model: PreTrainedModel, pad_token_id: int, bytes_per_token: int) -> None:
         self._model = model
-        # decode steps read only each row group's own columns: GPT-2's and OPT's attention
+        # decode steps read only each row's own columns: GPT-2's and OPT's attention
         # through transformers' attention interface (`row_groups.py`), GPT-Neo's own code
         # made to (`gpt_neo_row_groups.py`)
         if model.config.model_type == "gpt_neo":

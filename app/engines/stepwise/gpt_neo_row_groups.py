@@ -1,11 +1,12 @@
-"""GPT-Neo's attention, when decoding, reading each row group's own columns.
+"""GPT-Neo's attention, when decoding, reading each row's own columns.
 
 `row_groups.py` says why and plans the split. GPT-Neo's attention is its own code (unscaled
 scores in float32, a causal buffer that is also its local window), so its attention modules
-become `GroupedGPTNeoAttention`, which computes the same thing group by group inside
+become `GroupedGPTNeoAttention`, which computes the same thing row by row (`attend_by_rows`;
+GPT-Neo's scores are float32 in any dtype, so always the loop of `row_attention.py`) inside
 `decoding_in_groups`, and is transformers' `GPTNeoSelfAttention` otherwise (prefill
 chunks, any other use). A local layer's query sees only the cache's last `window_size` columns
-(counted back from the query, padding included, as `causal.py` says), so a group there reads
+(counted back from the query, padding included, as `causal.py` says), so a row there reads
 at most those.
 """
 
@@ -19,8 +20,8 @@ from app.engines.stepwise.row_groups import UNSCALED_SDPA, attend_by_rows, curre
 
 
 class GroupedGPTNeoAttention(GPTNeoSelfAttention):
-    """`GPTNeoSelfAttention` that, inside `decoding_in_groups`, attends one query per row by
-    group over the group's own columns."""
+    """`GPTNeoSelfAttention` that, inside `decoding_in_groups`, attends one query per row
+    over the row's own columns."""
 
     window: int | None  # a local layer's window in columns; None: global
 

@@ -79,7 +79,7 @@ class Seq2SeqStepper:
         self._start = int(model.config.decoder_start_token_id)
         self._dtype = model.dtype
         self.bytes_per_token = bytes_per_token  # the same per decoder and per encoder token
-        # decode steps read only each row group's own columns (`seq2seq_row_groups.py`)
+        # decode steps read only each row's own columns (`seq2seq_row_groups.py`)
         group_decoder_attention(model)
 
     def start(self, prompts: Sequence[Sequence[int]]) -> Seq2SeqPrefill:
