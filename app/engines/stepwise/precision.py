@@ -28,6 +28,7 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+import math
 import platform
 import warnings
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel
-from transformers.activations import GELUTanh, NewGELUActivation
+from transformers.activations import NewGELUActivation
 from transformers.pytorch_utils import Conv1D
 
 from app.core.errors import EngineUnavailableError
@@ -143,14 +144,33 @@ def quantize_linear_layers(model: PreTrainedModel) -> PreTrainedModel:
 
 def fuse_tanh_gelu(model: PreTrainedModel) -> PreTrainedModel:
     """GPT-2's, GPT-Neo's and Flan-T5's tanh GELU (transformers' `NewGELUActivation`, six
-    elementwise operations written out in Python) as PyTorch's one fused kernel, the same
-    formula: on a 2-core AMD EPYC one [32, 3072] activation took 542 us written out and 216 us
-    fused, 3 % of a batch-32 int8 GPT-124M decode step; the two differ by ~2e-7."""
+    elementwise operations written out in Python) as `SigmoidTanhGELU`, the same function in
+    fewer passes: on a 2-core AMD EPYC one [32, 3072] activation took 542 us written out and
+    216 us as PyTorch's fused kernel (3 % of a batch-32 int8 GPT-124M decode step)."""
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, NewGELUActivation):
-                setattr(module, name, GELUTanh())
+                setattr(module, name, SigmoidTanhGELU())
     return model
+
+
+_GELU_DOUBLED_SCALE = 2 * math.sqrt(2 / math.pi)
+_GELU_CUBIC = 0.044715
+
+
+class SigmoidTanhGELU(torch.nn.Module):
+    """The tanh GELU, `0.5 x (1 + tanh(u))` with `u = sqrt(2/pi) (x + 0.044715 x^3)`, computed
+    as `x * sigmoid(2u)` (the same function) in place on one temporary: PyTorch's fused tanh
+    GELU evaluates tanh element by element, and on a 2-core AVX2 EPYC it took 0.219 ms for a
+    [32, 3072] float32 activation and 8.9 ms for [1520, 3072], this 0.102 and 6.3 ms (the two
+    differ by ~5e-7). Other dtypes take the fused kernel, which computes in float32 inside."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:
+            return torch.nn.functional.gelu(x, approximate="tanh")
+        doubled = x * x  # becomes 2u, then sigmoid(2u), then the result
+        doubled.mul_(_GELU_CUBIC * _GELU_DOUBLED_SCALE).add_(_GELU_DOUBLED_SCALE).mul_(x)
+        return doubled.sigmoid_().mul_(x)
 
 
 def return_freed_memory() -> None:
