@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from app.core.engine_kinds import EngineKind
 from app.core.families import get_family
@@ -268,6 +269,23 @@ def test_info_and_cache_accounting(engines) -> None:
     assert held == len(request.prompt_ids) * per_token
     assert peak == (len(request.prompt_ids) + 6) * per_token
     assert engine.cache_bytes() == 0
+
+
+def test_the_int8_engine_keeps_its_cache_in_bfloat16(tiny_twin) -> None:
+    """Half the bytes per token of float32: the KV-cache budget holds twice the tokens."""
+    family = get_family("lamini-gpt")
+    engine = ContinuousEngine(tiny_twin(FAMILY_TWINS["lamini-gpt"]), family, precision="int8")
+    config = engine.model.config
+    request = _request(engine, PROMPTS[1], 6)
+
+    engine.admit([engine.track(request)], [GREEDY])
+    engine.step()
+
+    per_token = 2 * config.n_layer * config.n_embd * 2
+    assert engine.peak_cache_bytes([request]) == (len(request.prompt_ids) + 6) * per_token
+    layers = engine._rows.cache.layers
+    assert {layer.keys.dtype for layer in layers} == {torch.bfloat16}
+    _run_until_done(engine)
 
 
 @pytest.mark.parametrize(

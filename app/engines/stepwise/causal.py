@@ -81,8 +81,15 @@ class CausalPrefill:
 class CausalStepper:
     """Prefill and decode steps of a decoder-only model; it owns no state of its own."""
 
-    def __init__(self, model: PreTrainedModel, pad_token_id: int, bytes_per_token: int) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        pad_token_id: int,
+        bytes_per_token: int,
+        cache_dtype: torch.dtype | None = None,
+    ) -> None:
         self._model = model
+        self._cache_dtype = cache_dtype  # what the cache stores (None: as computed)
         # decode steps read only each row's own columns: GPT-2's and OPT's attention
         # through transformers' attention interface (`row_groups.py`), GPT-Neo's own code
         # made to (`gpt_neo_row_groups.py`)
@@ -107,7 +114,7 @@ class CausalStepper:
             ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
             mask[row, width - len(prompt) :] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        prefill = CausalPrefill(ids, mask, positions, slot_cache("left"))
+        prefill = CausalPrefill(ids, mask, positions, slot_cache("left", self._cache_dtype))
         if any(hit is not None for hit in hits):
             _restore_cached(prefill, prompts, hits)
         return prefill

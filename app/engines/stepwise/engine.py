@@ -98,11 +98,11 @@ class ContinuousEngine(Engine):
         self.compute_here()  # the synchronous API computes on the loading thread
         pad = self.tokenizer.pad_token_id
         pad = pad if pad is not None else self.tokenizer.eos_token_id
-        per_token = _bytes_per_token(model.config, family, chosen.dtype)
+        per_token = _bytes_per_token(model.config, family, chosen.stored)
         self._stepper: CausalStepper | Seq2SeqStepper = (
-            Seq2SeqStepper(model, pad, per_token)
+            Seq2SeqStepper(model, pad, per_token, chosen.cache_dtype)
             if family.is_seq2seq
-            else CausalStepper(model, pad, per_token)
+            else CausalStepper(model, pad, per_token, chosen.cache_dtype)
         )
         max_input, max_total = limits_from_config(model.config, self.tokenizer, family)
         self.info = EngineInfo(

@@ -41,8 +41,8 @@ class GroupedGPTNeoAttention(GPTNeoSelfAttention):
         attended = attend_by_rows(
             UNSCALED_SDPA,
             query.float(),
-            key.float(),
-            value.float(),
+            key,
+            value,
             mask,
             rows,
             scale=1.0,

@@ -5,13 +5,19 @@ traffic, and the fewer bytes per weight the faster:
 
 - int8: the linear layers' weights are quantised to int8 (PyTorch's dynamic quantisation:
   a scale per output channel, activations quantised per step, fbgemm/x86 kernels on x86 with
-  AVX2, qnnpack on ARM); attention, norms, embeddings and the KV cache stay in float32. Measured
+  AVX2, qnnpack on ARM); attention, norms and embeddings compute in float32. Measured
   on a 2-core AVX2-only AMD EPYC guest (full GPT-124M twin, past of 100 tokens, 2 threads), one
   decode step at batch 1 / 8 / 32: 22.7 / 54.8 / 210 ms against 59.8 / 201 / 345 ms in float32
   (CTranslate2 int8 on the same machine: 18.1 / 62.6 / 196 ms). The default on every x86 CPU
   with AVX2, those with native bfloat16 included: on a 2-core Intel Xeon with AMX, batch 1 /
   8 / 32 took 8.0 / 16.8 / 36.2 ms in int8 against 25.9 / 27.3 / 43.6 ms in bfloat16, and on a
   2-core AMD EPYC with AVX512-BF16 (no AMX) 11.2 / 23.6 / 54.6 ms against 25.1 / 38.0 / 82.7.
+  Its KV cache stores bfloat16 (`cache_dtype`): half the memory per token, so the KV-cache
+  budget holds twice the tokens, at the same step time (full GPT-124M twin, batch 32 with the
+  benchmark's prompts, 2-core AVX2 EPYC: 59.5 against 60.6 ms; the decode loop widens it as it
+  reads, `row_attention.py`). Rounding keys and values to bfloat16 (8 significant bits, as
+  vLLM's CPU backend keeps its cache) adds less error than the int8 weights and 7-bit
+  activations already do.
 - bfloat16 halves the weights' and the KV cache's traffic, and on CPUs with AVX512-BF16 or AMX
   oneDNN runs its matrix products natively (float32 on the AMX Xeon: 22.6 / 51.6 / 76.5 ms).
   Its prefill of large batches is the fastest there is on the AVX512-BF16 EPYC (100 tokens x 32
@@ -46,16 +52,22 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Precision:
-    """How the engine computes: the dtype of activations and cache, and whether the linear
-    layers' weights are int8."""
+    """How the engine computes: the dtype of activations, whether the linear layers' weights
+    are int8, and what the KV cache stores keys and values in."""
 
     name: str
     dtype: torch.dtype
     int8_weights: bool = False
+    cache_dtype: torch.dtype | None = None  # None: `dtype`
+
+    @property
+    def stored(self) -> torch.dtype:
+        """The KV cache's dtype."""
+        return self.cache_dtype or self.dtype
 
     def apply(self, model: PreTrainedModel) -> PreTrainedModel:
         """`model` (loaded in `dtype`) made ready to compute in this precision. Below float32
-        the tanh GELU is PyTorch's fused one (`fuse_tanh_gelu`); float32 keeps transformers'
+        the tanh GELU takes fewer passes (`fuse_tanh_gelu`); float32 keeps transformers'
         own arithmetic, which the parity tests pin."""
         if self.name == "float32":
             return model
@@ -68,7 +80,7 @@ PRECISIONS = {
     for precision in (
         Precision("float32", torch.float32),
         Precision("bfloat16", torch.bfloat16),
-        Precision("int8", torch.float32, int8_weights=True),
+        Precision("int8", torch.float32, int8_weights=True, cache_dtype=torch.bfloat16),
     )
 }
 _BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})

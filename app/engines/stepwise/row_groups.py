@@ -19,7 +19,7 @@ since no model passes a keyword of ours down to its attention. transformers' GPT
 attention layers call a registered attention function (their `_supports_attention_backend`):
 this one is registered as `ROW_GROUPS_ATTENTION`, with transformers' SDPA mask. T5's and
 GPT-Neo's attentions are their own code, and read the split in `seq2seq_row_groups.py` and
-`gpt_neo_row_groups.py`. All three attend with `attend_by_rows`: in float32 one compiled loop
+`gpt_neo_row_groups.py`. All three attend with `attend_by_rows`: on the CPU one compiled loop
 over every row's own columns (`row_attention.py`, faster still), else SDPA group by group.
 Prefill chunks (more than one query column) and forwards outside a split attend as
 transformers does.
@@ -151,15 +151,18 @@ def attend_by_rows(
     them (GPT-Neo's local layers). `scale` is what `attend` scales scores by (None:
     1/sqrt(width)); `mask_is_bias`: the mask is added to the scores (T5's position bias).
 
-    Float32 runs `row_attention.py`'s loop, one pass over every row's own columns; other
-    dtypes run `attend` per row group over the group's columns, the results stacked by row."""
+    On the CPU `row_attention.py`'s loop runs, one pass over every row's own columns, in
+    float32 whatever the query's dtype, over the cache as stored; elsewhere `attend` runs per
+    row group over the group's columns (in the query's dtype), the results stacked by row."""
     total = keys.shape[2]
     widths = rows.array if window is None else np.minimum(rows.array, window)
-    if row_attention.fits(query, keys, values):
+    loop_query = query.float()
+    if row_attention.fits(loop_query, keys, values):
         first = total - widths if side == "left" else np.zeros_like(widths)
         stop = np.full_like(widths, total) if side == "left" else widths
         bias = mask if mask_is_bias else None
-        return row_attention.attend_rows(query, keys, values, first, stop, scale, bias)
+        attended = row_attention.attend_rows(loop_query, keys, values, first, stop, scale, bias)
+        return attended.to(query.dtype)
     outputs = []
     for group in rows.groups:
         width = group.width if window is None else min(group.width, window)
@@ -169,8 +172,8 @@ def attend_by_rows(
         outputs.append(
             attend(
                 query[selected],
-                keys[selected, :, columns],
-                values[selected, :, columns],
+                keys[selected, :, columns].to(query.dtype),
+                values[selected, :, columns].to(query.dtype),
                 group_mask,
             )
         )

@@ -72,8 +72,10 @@ class Seq2SeqStepper:
         model: PreTrainedModel,
         pad_token_id: int,
         bytes_per_token: int,
+        cache_dtype: torch.dtype | None = None,
     ) -> None:
         self._model = model
+        self._cache_dtype = cache_dtype  # what the caches store (None: as computed)
         self._encoder = model.get_encoder()
         self._pad = pad_token_id
         self._start = int(model.config.decoder_start_token_id)
@@ -96,7 +98,9 @@ class Seq2SeqStepper:
             ids[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
             encoder_mask[row, : len(prompt)] = 1
         states = self._encoder(input_ids=ids, attention_mask=encoder_mask).last_hidden_state
-        cache = EncoderDecoderCache(slot_cache("left"), slot_cache("right"))
+        cache = EncoderDecoderCache(
+            slot_cache("left", self._cache_dtype), slot_cache("right", self._cache_dtype)
+        )
         start = torch.full((len(prompts), 1), self._start, dtype=torch.long)
         logits = self._model(
             encoder_outputs=BaseModelOutput(last_hidden_state=states),

@@ -36,6 +36,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from app.engines.stepwise.row_groups import current_split
 from app.engines.stepwise.rows import Side
 
 SPARE_COLUMNS = 32
@@ -43,11 +44,13 @@ MIN_ROWS = 8
 
 
 class SlotLayer(DynamicLayer):
-    """One layer's keys and values: live rows [0, rows), live columns [start, end) of a buffer."""
+    """One layer's keys and values: live rows [0, rows), live columns [start, end) of a buffer,
+    stored in `storage` (None: the dtype the model computes them in)."""
 
-    def __init__(self, side: Side) -> None:
+    def __init__(self, side: Side, storage: torch.dtype | None = None) -> None:
         super().__init__()
         self.side = side
+        self.storage = storage
         self._keys = self._values = torch.empty(0)
         self.rows = self.start = self.end = 0
 
@@ -59,7 +62,10 @@ class SlotLayer(DynamicLayer):
         value_states: torch.Tensor,
         cache_kwargs: dict[str, Any] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append `key_states`' columns to every live row, in place."""
+        """Append `key_states`' columns to every live row, in place; return every live column.
+
+        A decode step's attention (inside `decoding_in_groups`) reads them as stored; anything
+        else gets them in the dtype it computes in (a copy, where the storage is narrower)."""
         if not self.is_initialized:
             self.lazy_initialization(key_states)
             self.rows = key_states.shape[0]
@@ -69,7 +75,9 @@ class SlotLayer(DynamicLayer):
         self._values[: self.rows, :, self.end : self.end + added] = value_states
         self.end += added
         self._refresh()
-        return self.keys, self.values
+        if self.keys.dtype == key_states.dtype or current_split().self_rows is not None:
+            return self.keys, self.values
+        return self.keys.to(key_states.dtype), self.values.to(key_states.dtype)
 
     # --- rows joining and leaving --------------------------------------------------------------
 
@@ -134,8 +142,9 @@ class SlotLayer(DynamicLayer):
         new_start = left + (spare if self.side == "left" else 0)
         new_columns = new_start + live + right + spare
         shape = (new_rows, like.shape[1], new_columns, like.shape[3])
-        keys = torch.empty(shape, dtype=like.dtype, device=like.device)
-        values = torch.empty(shape, dtype=like.dtype, device=like.device)
+        dtype = self.storage or like.dtype
+        keys = torch.empty(shape, dtype=dtype, device=like.device)
+        values = torch.empty(shape, dtype=dtype, device=like.device)
         if self.rows and live:
             keys[: self.rows, :, new_start : new_start + live] = self.keys
             values[: self.rows, :, new_start : new_start + live] = self.values
@@ -160,10 +169,11 @@ def compaction_order(rows: int, keep: Sequence[int]) -> list[int]:
     return order
 
 
-def slot_cache(side: Side) -> DynamicCache:
-    """An empty cache whose layers are `SlotLayer`s (created as the model's layers update)."""
+def slot_cache(side: Side, storage: torch.dtype | None = None) -> DynamicCache:
+    """An empty cache whose layers are `SlotLayer`s (created as the model's layers update),
+    storing keys and values in `storage` (None: as computed)."""
     cache = DynamicCache()
-    cache.layer_class_to_replicate = lambda: SlotLayer(side)
+    cache.layer_class_to_replicate = lambda: SlotLayer(side, storage)
     return cache
 
 

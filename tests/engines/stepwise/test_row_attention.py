@@ -1,6 +1,6 @@
 """The compiled decode-attention loop gives SDPA's result over each row's own columns, reading
-strided views of a wider cache in place, with a bias added where asked; it takes only what it
-`fits`."""
+strided views of a wider cache in place (float32 or bfloat16), with a bias added where asked;
+it takes only what it `fits`."""
 
 from __future__ import annotations
 
@@ -73,11 +73,30 @@ def test_a_bias_is_added_to_the_scores_and_read_only_where_rows_attend() -> None
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("scale", [None, 0.3])
+def test_a_bfloat16_cache_is_read_as_the_float32_it_rounds_to(scale: float | None) -> None:
+    """The int8 engine's cache stores bfloat16: the loop widens it exactly as it reads it."""
+    keys, values = _cache_view(3)
+    stored_keys, stored_values = keys.bfloat16(), values.bfloat16()
+    query = torch.randn(ROWS, HEADS, 1, DIM)
+    assert row_attention.fits(query, stored_keys, stored_values)
+
+    actual = row_attention.attend_rows(query, stored_keys, stored_values, *_spans(), scale)
+
+    expected = _expected(query, stored_keys.float(), stored_values.float(), scale)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    rounding_changed_it = (actual - _expected(query, keys, values, scale)).abs().max()
+    assert 0 < rounding_changed_it < 0.05
+
+
 def test_it_fits_float32_single_queries_over_alike_views_only() -> None:
     keys, values = _cache_view(2)
     query = torch.randn(ROWS, HEADS, 1, DIM)
     assert row_attention.fits(query, keys, values)
+    assert row_attention.fits(query, keys.bfloat16(), values.bfloat16())
     assert not row_attention.fits(query.bfloat16(), keys.bfloat16(), values.bfloat16())
+    assert not row_attention.fits(query, keys.half(), values.half())
+    assert not row_attention.fits(query, keys.bfloat16(), values)
     assert not row_attention.fits(torch.randn(ROWS, HEADS, 2, DIM), keys, values)  # prefill
     assert not row_attention.fits(query, keys, values.contiguous())  # strides differ
     assert not row_attention.fits(query, keys.transpose(2, 3), values.transpose(2, 3))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from app.engines.stepwise.row_groups import DecodeSplit, RowWidths, decoding_in_groups
 from app.engines.stepwise.rows import fit_columns
 from app.engines.stepwise.slots import SlotLayer, compaction_order
 
@@ -105,3 +106,22 @@ def test_no_view_shows_uninitialised_memory(side, monkeypatch) -> None:
         assert torch.isfinite(layer.values).all()
     layer.keep(compaction_order(layer.rows, [0, 5, 8]), 20)
     assert torch.isfinite(layer.keys).all()
+
+
+def test_a_narrower_storage_is_handed_out_as_stored_only_to_a_decode_step() -> None:
+    """The int8 engine stores bfloat16: a decode step's attention (inside a split) reads the
+    stored views in place; a prefill chunk gets them widened to the dtype it computes in."""
+    states = _states(2, 3, 0)
+    layer = SlotLayer("left", torch.bfloat16)
+
+    keys, values = layer.update(states, -states)
+
+    assert layer.keys.dtype == torch.bfloat16
+    assert keys.dtype == values.dtype == torch.float32
+    assert torch.equal(keys, states.bfloat16().float())
+    step = _states(2, 1, 1)
+    with decoding_in_groups(DecodeSplit(self_rows=RowWidths((4, 4)))):
+        keys, values = layer.update(step, -step)
+    assert keys.dtype == torch.bfloat16
+    assert keys.data_ptr() == layer.keys.data_ptr()  # the cache itself, not a copy
+    assert torch.equal(values[:, :, -1:], (-step).bfloat16())
