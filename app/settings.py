@@ -42,8 +42,10 @@ class Settings(BaseSettings):
     )
     engine: Literal["auto", "ct2", "onnx", "transformers", "continuous"] = Field(
         default="auto",
-        description="Engine; auto = the family's preferred engine. continuous = transformers "
-        "models stepped with iteration-level scheduling (requests join a running batch).",
+        description="Engine; auto = continuous on the CPU for the GPT-2 families (LaMini-GPT, "
+        "LaMini-Cerebras) where torch is installed, else the family's converted engine (ct2; "
+        "onnx for GPT-Neo). continuous = transformers models stepped with iteration-level "
+        "scheduling (requests join a running batch).",
     )
     quantization: str | None = Field(
         default=None,

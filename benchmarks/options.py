@@ -47,7 +47,11 @@ class BenchOptions(BaseModel):
     """Everything a run needs; defaults are the full run, `quick()` shrinks it for CI."""
 
     model: str
-    engine: str = Field(default="auto", description="auto = the family's preferred engine")
+    engine: str = Field(
+        default="auto",
+        description="engine for raw + lamini-serve; auto = the server's own choice (the "
+        "raw engine runs the family's converted engine)",
+    )
     systems: list[SystemName] = Field(default_factory=lambda: list(SystemName))
     instructions_path: Path = DEFAULT_INSTRUCTIONS
     requests: int = Field(default=64, ge=1, description="timed requests per measurement")

@@ -6,6 +6,7 @@ the server load models the same way.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from dataclasses import dataclass
@@ -42,10 +43,11 @@ def resolve_device(setting: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def choose_engine(family: Family, setting: str) -> EngineKind:
-    """The engine to run `family` on: the one asked for, or the family's preferred one (auto)."""
+def choose_engine(family: Family, setting: str, device: str = "auto") -> EngineKind:
+    """The engine to run `family` on `device` (a device setting): the one asked for, or (auto)
+    `default_engine`."""
     if setting == "auto":
-        return family.preferred_engine
+        return default_engine(family, device)
     kind = EngineKind(setting)
     if kind not in family.engines:
         raise EngineUnavailableError(
@@ -53,6 +55,22 @@ def choose_engine(family: Family, setting: str) -> EngineKind:
             f"use one of: {', '.join(engine.value for engine in family.engines)}"
         )
     return kind
+
+
+def default_engine(family: Family, device: str) -> EngineKind:
+    """What `auto` runs: on the CPU the continuous engine for the families measured ahead with
+    it (`Family.continuous_on_cpu`: it starts a request within a step where window batching
+    makes it wait for a whole batch), where its runtime is installed (torch and numba, the
+    convert extra; the slim runtime image has neither); else the family's converted engine."""
+    runnable = family.continuous_on_cpu and continuous_runtime_installed()
+    if runnable and resolve_device(device) == "cpu":  # (resolving "auto" imports torch)
+        return EngineKind.CONTINUOUS
+    return family.preferred_engine
+
+
+def continuous_runtime_installed() -> bool:
+    """Whether the continuous engine's libraries can be imported here."""
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "numba"))
 
 
 def _converted_engine_class(kind: EngineKind) -> type:
@@ -157,7 +175,7 @@ def load_model(name: str, settings: Settings) -> LoadedModel:
     """Resolve `name` (hub id, directory or twin:) and open it on the configured engine."""
     started = time.perf_counter()
     source = resolve_source(name, twin_cache_dir=settings.twin_cache_dir, family=settings.family)
-    kind = choose_engine(source.family, settings.engine)
+    kind = choose_engine(source.family, settings.engine, settings.device)
     model_dir, convert_seconds = source.checkpoint_dir, None
     if kind is EngineKind.TRANSFORMERS:
         if settings.quantization not in (None, "float32"):

@@ -103,7 +103,13 @@ def run(args: argparse.Namespace) -> int:
         source = resolve_source(
             args.model, twin_cache_dir=settings.twin_cache_dir, family=settings.family
         )
-    engine = choose_engine(source.family, settings.engine)
+    # a store holds converted engines: auto means the family's converted engine here, even
+    # where auto serves with the continuous engine (which runs the checkpoint as it is)
+    engine = (
+        source.family.preferred_engine
+        if settings.engine == "auto"
+        else choose_engine(source.family, settings.engine)
+    )
     quantization = quantization_for(engine, settings)
     with display.stage(f"preparing the {engine.value}/{quantization} entry"):
         outcome = ensure_converted(source, engine, settings, force=args.force)

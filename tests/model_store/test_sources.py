@@ -3,6 +3,7 @@ checkpoint and a family, or fail with one clear message."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,25 @@ def test_load_model_opens_a_twin_on_the_transformers_engine(twin_cache_dir: Path
 def test_auto_engine_is_the_family_preferred_one() -> None:
     assert choose_engine(get_family("lamini-t5"), "auto") is EngineKind.CTRANSLATE2
     assert choose_engine(get_family("lamini-neo"), "auto") is EngineKind.ONNX
+    assert choose_engine(get_family("opt-iml"), "auto", "cpu") is EngineKind.CTRANSLATE2
+
+
+@pytest.mark.parametrize("family", ["lamini-gpt", "lamini-cerebras"])
+def test_auto_runs_the_gpt2_families_on_the_continuous_engine_on_cpus(family: str) -> None:
+    assert choose_engine(get_family(family), "auto", "cpu") is EngineKind.CONTINUOUS
+    assert choose_engine(get_family(family), "auto", "cuda") is EngineKind.CTRANSLATE2
+
+
+def test_auto_falls_back_to_the_converted_engine_without_torch(monkeypatch) -> None:
+    """The slim runtime image has no torch: there auto serves the store's CTranslate2 entry."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "torch" else real_find_spec(name, *args),
+    )
+
+    assert choose_engine(get_family("lamini-gpt"), "auto", "cpu") is EngineKind.CTRANSLATE2
 
 
 def test_engine_the_family_cannot_use_is_refused() -> None:
