@@ -32,7 +32,7 @@ from app.engines.stepwise.row_groups import (
     decoding_in_groups,
 )
 from app.engines.stepwise.rows import stack_rows
-from app.engines.stepwise.slots import append_rows, compaction_order, keep_rows, slot_cache
+from app.engines.stepwise.slots import CacheFormat, append_rows, compaction_order, keep_rows
 
 
 @dataclass
@@ -81,15 +81,10 @@ class CausalPrefill:
 class CausalStepper:
     """Prefill and decode steps of a decoder-only model; it owns no state of its own."""
 
-    def __init__(
-        self,
-        model: PreTrainedModel,
-        pad_token_id: int,
-        bytes_per_token: int,
-        cache_dtype: torch.dtype | None = None,
-    ) -> None:
+    def __init__(self, model: PreTrainedModel, pad_token_id: int, cache: CacheFormat) -> None:
         self._model = model
-        self._cache_dtype = cache_dtype  # what the cache stores (None: as computed)
+        self._cache = cache
+        self.bytes_per_token = cache.bytes_per_token
         # decode steps read only each row's own columns: GPT-2's and OPT's attention
         # through transformers' attention interface (`row_groups.py`), GPT-Neo's own code
         # made to (`gpt_neo_row_groups.py`)
@@ -100,7 +95,6 @@ class CausalStepper:
         self._body = model.base_model
         self._head = model.get_output_embeddings()
         self._pad = pad_token_id
-        self.bytes_per_token = bytes_per_token
 
     def start(
         self, prompts: Sequence[Sequence[int]], hits: Sequence[PrefixHit | None] = ()
@@ -114,7 +108,7 @@ class CausalStepper:
             ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
             mask[row, width - len(prompt) :] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        prefill = CausalPrefill(ids, mask, positions, slot_cache("left", self._cache_dtype))
+        prefill = CausalPrefill(ids, mask, positions, self._cache.new_cache("left"))
         if any(hit is not None for hit in hits):
             _restore_cached(prefill, prompts, hits)
         return prefill

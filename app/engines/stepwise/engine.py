@@ -53,6 +53,7 @@ from app.engines.stepwise.precision import resolve_precision, return_freed_memor
 from app.engines.stepwise.prefix_cache import BLOCK_TOKENS, PrefixCache, PrefixHit
 from app.engines.stepwise.sampler import BatchSampler, RowLogitsProcessor, RowSampling
 from app.engines.stepwise.seq2seq import Seq2SeqPrefill, Seq2SeqStepper
+from app.engines.stepwise.slots import CacheFormat
 from app.engines.stepwise.threads import without_thread_team
 from app.engines.transformers_engine import causal_next_token_logprobs
 
@@ -98,11 +99,13 @@ class ContinuousEngine(Engine):
         self.compute_here()  # the synchronous API computes on the loading thread
         pad = self.tokenizer.pad_token_id
         pad = pad if pad is not None else self.tokenizer.eos_token_id
-        per_token = _bytes_per_token(model.config, family, chosen.stored)
+        cache = CacheFormat(
+            _bytes_per_token(model.config, family, chosen.stored), chosen.cache_dtype
+        )
         self._stepper: CausalStepper | Seq2SeqStepper = (
-            Seq2SeqStepper(model, pad, per_token, chosen.cache_dtype)
+            Seq2SeqStepper(model, pad, cache)
             if family.is_seq2seq
-            else CausalStepper(model, pad, per_token, chosen.cache_dtype)
+            else CausalStepper(model, pad, cache)
         )
         max_input, max_total = limits_from_config(model.config, self.tokenizer, family)
         self.info = EngineInfo(

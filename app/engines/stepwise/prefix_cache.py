@@ -5,7 +5,8 @@ Why: a decoder-only prefill is compute-bound and is most of a request's time to 
 (full GPT-124M twin, int8, 2-core AMD EPYC: ~0.45 ms per prompt token, 132 ms for 300 tokens
 alone), and prompts share their leading tokens: every LaMini-GPT prompt opens with the same
 Alpaca preamble, a chat repeats its history, a client retries. Copying cached columns back costs
-a memory copy (~74 KB per token for GPT-124M).
+a memory copy (GPT-124M: ~37 KB per token as the int8 engine stores it, bfloat16; ~74 KB in
+float32).
 
 An entry is one whole prompt's cache, one tensor `[layers, 2 (keys, values), heads, tokens,
 head_dim]`, found by the chained hashes of the prompt's leading blocks of `BLOCK_TOKENS`:

@@ -24,7 +24,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from app.engines.stepwise.row_groups import DecodeSplit, RowWidths, decoding_in_groups
 from app.engines.stepwise.rows import stack_rows
 from app.engines.stepwise.seq2seq_row_groups import group_decoder_attention
-from app.engines.stepwise.slots import append_rows, compaction_order, keep_rows, slot_cache
+from app.engines.stepwise.slots import CacheFormat, append_rows, compaction_order, keep_rows
 
 
 @dataclass
@@ -67,20 +67,15 @@ class Seq2SeqPrefill:
 class Seq2SeqStepper:
     """Prefill and decode steps of an encoder-decoder model; it owns no state of its own."""
 
-    def __init__(
-        self,
-        model: PreTrainedModel,
-        pad_token_id: int,
-        bytes_per_token: int,
-        cache_dtype: torch.dtype | None = None,
-    ) -> None:
+    def __init__(self, model: PreTrainedModel, pad_token_id: int, cache: CacheFormat) -> None:
         self._model = model
-        self._cache_dtype = cache_dtype  # what the caches store (None: as computed)
+        self._cache = cache
         self._encoder = model.get_encoder()
         self._pad = pad_token_id
         self._start = int(model.config.decoder_start_token_id)
         self._dtype = model.dtype
-        self.bytes_per_token = bytes_per_token  # the same per decoder and per encoder token
+        # a decoder and an encoder token take the same: keys and values of every decoder layer
+        self.bytes_per_token = cache.bytes_per_token
         # decode steps read only each row's own columns (`seq2seq_row_groups.py`)
         group_decoder_attention(model)
 
@@ -98,9 +93,7 @@ class Seq2SeqStepper:
             ids[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
             encoder_mask[row, : len(prompt)] = 1
         states = self._encoder(input_ids=ids, attention_mask=encoder_mask).last_hidden_state
-        cache = EncoderDecoderCache(
-            slot_cache("left", self._cache_dtype), slot_cache("right", self._cache_dtype)
-        )
+        cache = EncoderDecoderCache(self._cache.new_cache("left"), self._cache.new_cache("right"))
         start = torch.full((len(prompts), 1), self._start, dtype=torch.long)
         logits = self._model(
             encoder_outputs=BaseModelOutput(last_hidden_state=states),

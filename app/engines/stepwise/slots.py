@@ -30,6 +30,7 @@ from uninitialised memory is a NaN.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -169,12 +170,20 @@ def compaction_order(rows: int, keep: Sequence[int]) -> list[int]:
     return order
 
 
-def slot_cache(side: Side, storage: torch.dtype | None = None) -> DynamicCache:
-    """An empty cache whose layers are `SlotLayer`s (created as the model's layers update),
-    storing keys and values in `storage` (None: as computed)."""
-    cache = DynamicCache()
-    cache.layer_class_to_replicate = lambda: SlotLayer(side, storage)
-    return cache
+@dataclass(frozen=True)
+class CacheFormat:
+    """How an engine's KV caches hold a token: `bytes_per_token` per row (keys and values of
+    every layer), stored in `dtype` (None: the dtype the model computes them in)."""
+
+    bytes_per_token: int
+    dtype: torch.dtype | None = None
+
+    def new_cache(self, side: Side) -> DynamicCache:
+        """An empty cache whose layers are `SlotLayer`s (created as the model's layers
+        update), padded on `side`."""
+        cache = DynamicCache()
+        cache.layer_class_to_replicate = lambda: SlotLayer(side, self.dtype)
+        return cache
 
 
 def append_rows(running: DynamicCache, joining: DynamicCache) -> DynamicCache:
