@@ -43,11 +43,13 @@ def resolve_device(setting: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def choose_engine(family: Family, setting: str, device: str = "auto") -> EngineKind:
-    """The engine to run `family` on `device` (a device setting): the one asked for, or (auto)
-    `default_engine`."""
+def choose_engine(
+    family: Family, setting: str, device: str = "auto", quantization: str | None = None
+) -> EngineKind:
+    """The engine to run `family` on `device` (a device setting) in `quantization` (None: the
+    engine's default): the one asked for, or (auto) `default_engine`."""
     if setting == "auto":
-        return default_engine(family, device)
+        return default_engine(family, device, quantization)
     kind = EngineKind(setting)
     if kind not in family.engines:
         raise EngineUnavailableError(
@@ -57,15 +59,24 @@ def choose_engine(family: Family, setting: str, device: str = "auto") -> EngineK
     return kind
 
 
-def default_engine(family: Family, device: str) -> EngineKind:
+def default_engine(family: Family, device: str, quantization: str | None = None) -> EngineKind:
     """What `auto` runs: on the CPU the continuous engine for the families measured ahead with
     it (`Family.continuous_on_cpu`: it starts a request within a step where window batching
     makes it wait for a whole batch), where its runtime is installed (torch and numba, the
-    convert extra; the slim runtime image has neither); else the family's converted engine."""
+    convert extra; the slim runtime image has neither) and it computes in `quantization`; else
+    the family's converted engine (a quantization only it has, such as CTranslate2's
+    int8_float32, keeps it)."""
     runnable = family.continuous_on_cpu and continuous_runtime_installed()
-    if runnable and resolve_device(device) == "cpu":  # (resolving "auto" imports torch)
+    # (resolving the device "auto" imports torch, so only where it is installed)
+    if runnable and resolve_device(device) == "cpu" and _continuous_computes(quantization):
         return EngineKind.CONTINUOUS
     return family.preferred_engine
+
+
+def _continuous_computes(quantization: str | None) -> bool:
+    from app.engines.stepwise.precision import PRECISIONS
+
+    return quantization is None or quantization in PRECISIONS
 
 
 def continuous_runtime_installed() -> bool:
@@ -175,7 +186,7 @@ def load_model(name: str, settings: Settings) -> LoadedModel:
     """Resolve `name` (hub id, directory or twin:) and open it on the configured engine."""
     started = time.perf_counter()
     source = resolve_source(name, twin_cache_dir=settings.twin_cache_dir, family=settings.family)
-    kind = choose_engine(source.family, settings.engine, settings.device)
+    kind = choose_engine(source.family, settings.engine, settings.device, settings.quantization)
     model_dir, convert_seconds = source.checkpoint_dir, None
     if kind is EngineKind.TRANSFORMERS:
         if settings.quantization not in (None, "float32"):

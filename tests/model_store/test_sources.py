@@ -41,7 +41,11 @@ def test_auto_engine_is_the_family_preferred_one() -> None:
 @pytest.mark.parametrize("family", ["lamini-gpt", "lamini-cerebras"])
 def test_auto_runs_the_gpt2_families_on_the_continuous_engine_on_cpus(family: str) -> None:
     assert choose_engine(get_family(family), "auto", "cpu") is EngineKind.CONTINUOUS
+    assert choose_engine(get_family(family), "auto", "cpu", "float32") is EngineKind.CONTINUOUS
     assert choose_engine(get_family(family), "auto", "cuda") is EngineKind.CTRANSLATE2
+    # a quantization only CTranslate2 computes in keeps the converted engine
+    only_ct2 = choose_engine(get_family(family), "auto", "cpu", "int8_float32")
+    assert only_ct2 is EngineKind.CTRANSLATE2
 
 
 def test_auto_falls_back_to_the_converted_engine_without_torch(monkeypatch) -> None:
