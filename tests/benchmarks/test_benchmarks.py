@@ -18,12 +18,15 @@ from benchmarks.machine import machine_facts
 from benchmarks.options import DEFAULT_INSTRUCTIONS, SystemName
 from benchmarks.results import Measurement, SystemRun, percentile
 from benchmarks.workload import build_workload, read_instructions
+from model_store.resolver import default_engine
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 QUICK_MODEL = "MBZUAI/LaMini-GPT-124M"
 QUICK_NEW_TOKENS = 8  # benchmarks.run.QUICK_PRESET
 # Systems whose output length is forced (min = max new tokens), so token counts are exact.
 FORCED_LENGTH = {"pipeline", "pipeline-batched", "litserve", "raw-engine"}
+# What `--quick` serves: the server's `auto` engine for the family, here
+SERVED = f"lamini-serve {default_engine(get_family('lamini-gpt'), 'auto').value} int8"
 
 
 def _bench(twin_cache_dir: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -78,7 +81,7 @@ def test_quick_run_writes_json_markdown_and_plots(quick_run) -> None:
     assert "## Targets" in markdown
     assert "| lamini-serve |" in markdown
     assert "## Open loop" in markdown
-    assert "| 4 | lamini-serve ct2 int8 |" in markdown
+    assert f"| 4 | {SERVED} |" in markdown
     assert "| vllm | skipped: vLLM not installed: no " in markdown
     assert "[bench] vllm: skipped: vLLM not installed" in completed.stderr
 
@@ -133,7 +136,7 @@ def _check_open_loop(lamini: dict) -> None:
     """The quick preset: 6 requests at 4 req/s, then the search's one step to 8 (its cap) when
     4 met the TTFT objective; max_tokens from the reference answers, clipped to 8..12."""
     (series,) = lamini["open_loop"]
-    assert series["label"] == "lamini-serve ct2 int8"
+    assert series["label"] == SERVED
     rates = [m["rate"] for m in series["rates"]]
     assert rates[0] == 4.0
     assert set(rates) <= {4.0, 8.0}
@@ -151,7 +154,7 @@ def _check_open_loop(lamini: dict) -> None:
             s["sent_s"] for s in measured["samples"]
         )
     assert series["max_rate_within_objective"] in (None, 4.0, 8.0)
-    assert lamini["peak_rss_under_load_mb"]["lamini-serve ct2 int8"] > 50
+    assert lamini["peak_rss_under_load_mb"][SERVED] > 50
 
 
 @pytest.mark.parametrize(
