@@ -67,11 +67,11 @@ class Precision:
 
     def apply(self, model: PreTrainedModel) -> PreTrainedModel:
         """`model` (loaded in `dtype`) made ready to compute in this precision. Below float32
-        the tanh GELU takes fewer passes (`fuse_tanh_gelu`); float32 keeps transformers'
+        the tanh GELU takes fewer passes (`replace_tanh_gelu`); float32 keeps transformers'
         own arithmetic, which the parity tests pin."""
         if self.name == "float32":
             return model
-        fuse_tanh_gelu(model)
+        replace_tanh_gelu(model)
         return quantize_linear_layers(model) if self.int8_weights else model
 
 
@@ -154,7 +154,7 @@ def quantize_linear_layers(model: PreTrainedModel) -> PreTrainedModel:
         )
 
 
-def fuse_tanh_gelu(model: PreTrainedModel) -> PreTrainedModel:
+def replace_tanh_gelu(model: PreTrainedModel) -> PreTrainedModel:
     """GPT-2's, GPT-Neo's and Flan-T5's tanh GELU (transformers' `NewGELUActivation`, six
     elementwise operations written out in Python) as `SigmoidTanhGELU`, the same function in
     fewer passes: on a 2-core AMD EPYC one [32, 3072] activation took 542 us written out and
