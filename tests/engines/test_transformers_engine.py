@@ -99,6 +99,27 @@ def test_t5_prompt_ends_with_eos(engine_for) -> None:
     assert _prompt_ids(engine_for("lamini-t5"), "Hello world") == [8774, 296, 1]
 
 
+def test_a_special_token_that_is_not_eos_is_flagged_and_kept_out_of_the_text(
+    engine_for,
+) -> None:
+    """T5's sentinel tokens are special: a tracker knows them from the ids the engine read
+    once (not by asking the tokenizer per token), flags them and leaves them out of the text."""
+    engine = engine_for("lamini-t5")
+    sentinel = engine.tokenizer.convert_tokens_to_ids("<extra_id_0>")
+    assert sentinel in engine.special_token_ids
+    assert engine.tokenizer.eos_token_id in engine.special_token_ids
+    word = engine.tokenizer.encode("Hello", add_special_tokens=False)[0]
+    tracker = engine.track(EngineRequest([word], max_new_tokens=8))
+
+    tracker.push(word)
+    tracker.push(sentinel)
+
+    assert [token.special for token in tracker.tokens] == [False, True]
+    assert tracker.tokens[1].text == "<extra_id_0>"
+    assert tracker.text == "Hello"
+    assert not tracker.done
+
+
 def test_each_request_keeps_its_own_length_limit(engine_for) -> None:
     engine = engine_for("lamini-gpt")
     requests = [

@@ -147,9 +147,6 @@ class ContinuousEngine(Engine):
         """Sequences in the running batch."""
         return len(self._trackers)
 
-    def track(self, request: EngineRequest) -> SequenceTracker:
-        return SequenceTracker(request, self.tokenizer, self.eos_token_ids)
-
     @property
     def prefilling(self) -> bool:
         """Whether prompts are being prefilled (a chunk at a time, see `prefill`)."""
