@@ -120,16 +120,16 @@ def _attend(
             out[row, head, i] = attended[i] / weights
 
 
-STORED_DTYPES = (torch.float32, torch.bfloat16)  # what the loop reads keys and values in
+STORED_DTYPES = (torch.float32, torch.bfloat16)  # what the loop reads queries, keys, values in
 
 
 def fits(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> bool:
-    """Whether `attend_rows` computes this: a float32 query on the CPU, one query column, keys
-    and values in float32 or bfloat16, alike strided, each head's columns one contiguous run
-    (as the slot cache's views are)."""
+    """Whether `attend_rows` computes this (the query widened to float32 first): a query in
+    float32 or bfloat16 on the CPU, one query column, keys and values in float32 or bfloat16,
+    alike strided, each head's columns one contiguous run (as the slot cache's views are)."""
     return (
         query.device.type == "cpu"
-        and query.dtype == torch.float32
+        and query.dtype in STORED_DTYPES
         and keys.dtype == values.dtype
         and keys.dtype in STORED_DTYPES
         and query.shape[2] == 1

@@ -156,12 +156,11 @@ def attend_by_rows(
     row group over the group's columns (in the query's dtype), the results stacked by row."""
     total = keys.shape[2]
     widths = rows.array if window is None else np.minimum(rows.array, window)
-    loop_query = query.float()
-    if row_attention.fits(loop_query, keys, values):
+    if row_attention.fits(query, keys, values):
         first = total - widths if side == "left" else np.zeros_like(widths)
         stop = np.full_like(widths, total) if side == "left" else widths
         bias = mask if mask_is_bias else None
-        attended = row_attention.attend_rows(loop_query, keys, values, first, stop, scale, bias)
+        attended = row_attention.attend_rows(query.float(), keys, values, first, stop, scale, bias)
         return attended.to(query.dtype)
     outputs = []
     for group in rows.groups:

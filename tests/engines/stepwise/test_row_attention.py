@@ -89,12 +89,13 @@ def test_a_bfloat16_cache_is_read_as_the_float32_it_rounds_to(scale: float | Non
     assert 0 < rounding_changed_it < 0.05
 
 
-def test_it_fits_float32_single_queries_over_alike_views_only() -> None:
+def test_it_fits_single_cpu_queries_over_alike_views_only() -> None:
     keys, values = _cache_view(2)
     query = torch.randn(ROWS, HEADS, 1, DIM)
     assert row_attention.fits(query, keys, values)
     assert row_attention.fits(query, keys.bfloat16(), values.bfloat16())
-    assert not row_attention.fits(query.bfloat16(), keys.bfloat16(), values.bfloat16())
+    assert row_attention.fits(query.bfloat16(), keys.bfloat16(), values.bfloat16())
+    assert not row_attention.fits(query.half(), keys, values)
     assert not row_attention.fits(query, keys.half(), values.half())
     assert not row_attention.fits(query, keys.bfloat16(), values)
     assert not row_attention.fits(torch.randn(ROWS, HEADS, 2, DIM), keys, values)  # prefill

@@ -63,13 +63,18 @@ def test_the_split_is_the_cheapest_there_is(seed: int) -> None:
     assert _cost(groups) == min(_cost(split) for split in _every_split(widths))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["loop", "sdpa-groups"])
+@pytest.mark.parametrize(
+    "dtype",
+    [torch.float32, torch.bfloat16, torch.float16],
+    ids=["loop", "loop-bfloat16", "sdpa-groups"],
+)
 @pytest.mark.parametrize("scaling", [None, 1.0], ids=["gpt2-default-scale", "opt-prescaled"])
 def test_row_attention_equals_one_call_over_the_padded_cache(
     scaling: float | None, dtype: torch.dtype
 ) -> None:
     """Left-padded rows of very different lengths, one query column each (a decode step):
-    float32 runs `row_attention.py`'s loop, bfloat16 SDPA per row group."""
+    float32 and bfloat16 run `row_attention.py`'s loop, float16 (which the loop does not
+    read) SDPA per row group, as every dtype does off the CPU."""
     torch.manual_seed(0)
     lengths = [3, 70, 5, 6, 120, 4]
     rows, heads, columns, dim = len(lengths), 4, max(lengths), 16
