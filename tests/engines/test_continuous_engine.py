@@ -149,7 +149,7 @@ def test_a_prefill_whose_requests_are_all_cancelled_is_dropped(engines) -> None:
     request.is_cancelled = lambda: True
     computed = engine.prefill(4)
 
-    assert held == 4 * engine._stepper.bytes_per_token
+    assert held == 4 * engine._stepper.cache_format.bytes_per_token
     assert computed == 0
     assert not engine.prefilling
     assert engine.cache_bytes() == 0

@@ -83,8 +83,7 @@ class CausalStepper:
 
     def __init__(self, model: PreTrainedModel, pad_token_id: int, cache: CacheFormat) -> None:
         self._model = model
-        self._cache = cache
-        self.bytes_per_token = cache.bytes_per_token
+        self.cache_format = cache
         # decode steps read only each row's own columns: GPT-2's and OPT's attention
         # through transformers' attention interface (`row_groups.py`), GPT-Neo's own code
         # made to (`gpt_neo_row_groups.py`)
@@ -108,7 +107,7 @@ class CausalStepper:
             ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
             mask[row, width - len(prompt) :] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        prefill = CausalPrefill(ids, mask, positions, self._cache.new_cache("left"))
+        prefill = CausalPrefill(ids, mask, positions, self.cache_format.new_cache("left"))
         if any(hit is not None for hit in hits):
             _restore_cached(prefill, prompts, hits)
         return prefill
@@ -186,7 +185,7 @@ class CausalStepper:
         return kept, order
 
     def cache_bytes(self, rows: CausalRows) -> int:
-        return rows.size * rows.columns * self.bytes_per_token
+        return rows.size * rows.columns * self.cache_format.bytes_per_token
 
     def peak_bytes(self, horizons: Sequence[tuple[int, int]]) -> int:
         """The most cache rows with these `(prompt tokens, new tokens)` can ever hold: the
@@ -194,7 +193,7 @@ class CausalStepper:
         if not horizons:
             return 0
         longest = max(prompt + new for prompt, new in horizons)
-        return len(horizons) * longest * self.bytes_per_token
+        return len(horizons) * longest * self.cache_format.bytes_per_token
 
     def repetition_context(self, prompt: Sequence[int]) -> Sequence[int]:
         """The tokens a repetition penalty starts from: the prompt (as transformers does)."""

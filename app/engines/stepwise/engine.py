@@ -158,7 +158,7 @@ class ContinuousEngine(Engine):
         held = 0 if self._rows is None else self._stepper.cache_bytes(self._rows)
         if self._joining is not None:
             pending = self._joining.prefill
-            held += pending.size * pending.columns * self._stepper.bytes_per_token
+            held += pending.size * pending.columns * self._stepper.cache_format.bytes_per_token
         return held
 
     def cached_prefix(self, request: EngineRequest) -> int:

@@ -69,13 +69,11 @@ class Seq2SeqStepper:
 
     def __init__(self, model: PreTrainedModel, pad_token_id: int, cache: CacheFormat) -> None:
         self._model = model
-        self._cache = cache
+        self.cache_format = cache  # a decoder and an encoder token take the same in it
         self._encoder = model.get_encoder()
         self._pad = pad_token_id
         self._start = int(model.config.decoder_start_token_id)
         self._dtype = model.dtype
-        # a decoder and an encoder token take the same: keys and values of every decoder layer
-        self.bytes_per_token = cache.bytes_per_token
         # decode steps read only each row's own columns (`seq2seq_row_groups.py`)
         group_decoder_attention(model)
 
@@ -93,7 +91,9 @@ class Seq2SeqStepper:
             ids[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
             encoder_mask[row, : len(prompt)] = 1
         states = self._encoder(input_ids=ids, attention_mask=encoder_mask).last_hidden_state
-        cache = EncoderDecoderCache(self._cache.new_cache("left"), self._cache.new_cache("right"))
+        cache = EncoderDecoderCache(
+            self.cache_format.new_cache("left"), self.cache_format.new_cache("right")
+        )
         start = torch.full((len(prompts), 1), self._start, dtype=torch.long)
         logits = self._model(
             encoder_outputs=BaseModelOutput(last_hidden_state=states),
@@ -165,7 +165,7 @@ class Seq2SeqStepper:
 
     def cache_bytes(self, rows: Seq2SeqRows) -> int:
         columns = rows.mask.shape[1] + rows.encoder_mask.shape[1]
-        return rows.size * columns * self.bytes_per_token
+        return rows.size * columns * self.cache_format.bytes_per_token
 
     def peak_bytes(self, horizons: Sequence[tuple[int, int]]) -> int:
         """The most cache rows with these `(input tokens, new tokens)` can ever hold: each
@@ -174,7 +174,7 @@ class Seq2SeqStepper:
             return 0
         longest_input = max(prompt for prompt, _ in horizons)
         longest_output = max(new for _, new in horizons) + 1
-        return len(horizons) * (longest_input + longest_output) * self.bytes_per_token
+        return len(horizons) * (longest_input + longest_output) * self.cache_format.bytes_per_token
 
     def repetition_context(self, prompt: Sequence[int]) -> Sequence[int]:
         """What a repetition penalty starts from: the decoder's own input, the start token."""
