@@ -69,7 +69,7 @@ class Seq2SeqStepper:
 
     def __init__(self, model: PreTrainedModel, pad_token_id: int, cache: CacheFormat) -> None:
         self._model = model
-        self.cache_format = cache  # a decoder and an encoder token take the same in it
+        self.cache_format = cache  # its bytes_per_token holds for decoder and encoder tokens alike
         self._encoder = model.get_encoder()
         self._pad = pad_token_id
         self._start = int(model.config.decoder_start_token_id)
