@@ -181,6 +181,36 @@ def test_a_cancelled_sequence_leaves_at_once_and_the_others_are_unchanged(
         assert tracker.finish().token_ids == _alone(reference, request)
 
 
+def test_encoder_decoder_inputs_get_their_first_token_from_the_step_they_join(engines) -> None:
+    """A T5 prefill is the encoder pass alone: its rows join holding no token, and the next
+    step decodes their first beside the running rows' next; one cancelled before that step
+    leaves without a token, and the others' tokens are the reference's."""
+    engine, reference = engines("lamini-flan-t5")
+    cancelled = {"flag": False}
+    finished: list[Generation] = []
+    requests = [_request(engine, p, n) for p, n in zip(PROMPTS[:3], (6, 8, 5), strict=True)]
+    victim = requests[2]
+    victim.is_cancelled = lambda: cancelled["flag"]
+    victim.on_finish = finished.append
+    trackers = [engine.track(r) for r in requests]
+    engine.admit(trackers[:1], [GREEDY])
+    assert (engine.running, len(trackers[0].tokens)) == (1, 0)
+    engine.step()
+
+    engine.begin(trackers[1:], [GREEDY] * 2)
+    engine.prefill(1)
+    assert engine.running == 3
+    assert [len(t.tokens) for t in trackers] == [1, 0, 0]
+    cancelled["flag"] = True
+    assert engine.step() == 2
+
+    assert [len(t.tokens) for t in trackers] == [2, 1, 0]
+    assert [g.finish_reason for g in finished] == [FinishReason.CANCELLED]
+    _run_until_done(engine)
+    for tracker, request in zip(trackers[:2], requests[:2], strict=True):
+        assert tracker.finish().token_ids == _alone(reference, request)
+
+
 @pytest.mark.parametrize("family_name", ["lamini-gpt", "lamini-flan-t5"])
 def test_rows_with_different_settings_share_a_batch(engines, family_name) -> None:
     """Greedy rows stay exact next to sampled ones; a seeded row samples the same tokens

@@ -3,15 +3,15 @@
 Sequences join and leave a running batch at any step, so the scheduler
 (`app.serving.scheduler`) can start a request within about one step of its arrival instead of
 after a whole batch. `begin` takes newcomers as their own batch, `prefill` computes their
-prompts a chunk of columns at a time (decoder-only; for T5 the encoder pass and the first
-decoder step at once) and, when they are complete, gives each its first token and stacks their
-cache rows under the running ones (`admit` does both in one go); `step` decodes one token for
-every running row; a row whose sequence is finished or cancelled leaves the batch (and the
-cache) right after the step that ended it. The KV cache is in `slots.py` (rows join and leave
-it without copying the others), the padding of per-row tensors in `rows.py`, the family
-specifics in `causal.py` and `seq2seq.py`, the per-row token choice in `sampler.py`. Decoder-only
-prompts' states are kept after their prefill (`prefix_cache.py`), so a prompt that starts like
-a recent one computes only the rest.
+prompts a chunk of columns at a time (decoder-only; for T5 the whole encoder pass) and, when
+they are complete, stacks their cache rows under the running ones - a decoder-only prompt's
+first token comes from its prefill, a T5 input's from the next step (`admit` does both in one
+go); `step` decodes one token for every running row; a row whose sequence is finished or
+cancelled leaves the batch (and the cache) right after the step that ended it. The KV cache
+is in `slots.py` (rows join and leave it without copying the others), the padding of per-row
+tensors in `rows.py`, the family specifics in `causal.py` and `seq2seq.py`, the per-row token
+choice in `sampler.py`. Decoder-only prompts' states are kept after their prefill
+(`prefix_cache.py`), so a prompt that starts like a recent one computes only the rest.
 
 Design, measured: on a busy AVX512-BF16 host (full GPT-124M twin, 2 threads, bfloat16, past of
 100 tokens) growing transformers' `DynamicCache` by concatenation was as fast as a
@@ -194,8 +194,8 @@ class ContinuousEngine(Engine):
     def prefill(self, max_tokens: int) -> int:
         """Compute about `max_tokens` more prompt tokens of the batch being prefilled (at least
         one column of it; an encoder-decoder input all at once); once its prompts are done,
-        push their first tokens and let the unfinished rows join the running batch. Returns
-        the tokens computed (padding included)."""
+        let them join the running batch (`_start`). Returns the tokens computed (padding
+        included)."""
         joining = self._joining
         if joining is None:
             return 0
@@ -210,14 +210,13 @@ class ContinuousEngine(Engine):
             if done is not None:
                 self._joining = None
                 self._remember_prompts(joining)
-                self._first_tokens(joining, *done)
+                self._start(joining, *done)
         return (pending.done - before) * pending.size
 
     def admit(
         self, trackers: Sequence[SequenceTracker], sampling: Sequence[SamplingParams]
     ) -> None:
-        """Prefill `trackers` in one pass, push their first tokens and let the unfinished
-        ones join the running batch."""
+        """Prefill `trackers` in one pass and let them join the running batch."""
         self.begin(trackers, sampling)
         while self.prefilling:
             self.prefill(self._joining.prefill.remaining * self._joining.prefill.size)
@@ -234,20 +233,26 @@ class ContinuousEngine(Engine):
                 states = self._stepper.prompt_states(joining.prefill, row, len(prompt))
                 self.prefixes.store(prompt, states)
 
-    def _first_tokens(self, joining: _Joining, rows: Any, logits: torch.Tensor) -> None:
+    def _start(self, joining: _Joining, rows: Any, logits: torch.Tensor | None) -> None:
+        """Let the prefilled rows join: with their first tokens chosen from `logits` (the
+        unfinished ones), or, without logits (encoder-decoder), all of them, to get their first
+        tokens from the next step."""
         trackers, samplings = joining.trackers, joining.samplings
         seen = torch.zeros((len(trackers), self._vocab), dtype=torch.bool)
         for row, tracker in enumerate(trackers):
             context = self._stepper.repetition_context(tracker.request.prompt_ids)
             seen[row, torch.tensor(context, dtype=torch.long)] = True
-        sampler = BatchSampler(samplings, sorted(self.eos_token_ids))
         generated = torch.zeros(len(trackers), dtype=torch.long)
+        if logits is None:
+            self._join(rows, trackers, samplings, seen, generated, list(range(len(trackers))))
+            return
+        sampler = BatchSampler(samplings, sorted(self.eos_token_ids))
         tokens, logprobs = sampler.choose(logits, seen, generated, self._history(trackers))
         seen[torch.arange(len(trackers)), tokens] = True
         rows.next_ids = tokens
         keep = self._push(trackers, tokens, logprobs)
         if keep:
-            self._join(rows, trackers, samplings, seen, keep)
+            self._join(rows, trackers, samplings, seen, generated + 1, keep)
 
     def _join(
         self,
@@ -255,9 +260,10 @@ class ContinuousEngine(Engine):
         trackers: Sequence[SequenceTracker],
         samplings: Sequence[RowSampling],
         seen: torch.Tensor,
+        generated: torch.Tensor,
         keep: list[int],
     ) -> None:
-        """Stack the prefilled rows `keep` under the running ones (they hold one token each)."""
+        """Stack the prefilled rows `keep` under the running ones (`generated` tokens each)."""
         if len(keep) < len(trackers):
             rows, keep = self._stepper.keep(rows, keep)
         index = torch.tensor(keep, dtype=torch.long)
@@ -266,7 +272,7 @@ class ContinuousEngine(Engine):
             [*self._sampler.rows, *(samplings[i] for i in keep)], sorted(self.eos_token_ids)
         )
         self._seen = torch.cat([self._seen, seen[index]])
-        self._generated = torch.cat([self._generated, torch.ones(len(keep), dtype=torch.long)])
+        self._generated = torch.cat([self._generated, generated[index]])
         self._rows = rows if self._rows is None else self._stepper.join(self._rows, rows)
 
     def step(self) -> int:

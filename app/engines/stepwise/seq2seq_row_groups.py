@@ -6,7 +6,7 @@ attention is its own code (scores by matrix products, the relative position bias
 decoder layers' attention modules become `GroupedT5Attention`, which computes the same thing
 row by row (`attend_by_rows`, its bias and mask added to the scores) inside
 `decoding_in_groups`, and is transformers' `T5Attention` otherwise
-(the first decoder step, which fills the cross-attention cache, and any other use).
+(any use outside a decode step).
 
 Both of a decoder layer's attentions are split: self-attention over the decoder cache
 (left-padded: a row's real columns are its last ones) and cross-attention over the encoder
@@ -49,14 +49,14 @@ class GroupedT5Attention(T5Attention):
                 hidden_states, mask, key_value_states, position_bias, past_key_values, **kwargs
             )
         rows = hidden_states.shape[0]
-        query = self._heads(self.q(hidden_states))
-        if cross:  # filled by the first decoder step
+        query = self.heads(self.q(hidden_states))
+        if cross:  # filled when the rows joined (`Seq2SeqStepper.advance`)
             layer = past_key_values.cross_attention_cache.layers[self.layer_idx]
             keys, values = layer.keys, layer.values
         else:
             keys, values = past_key_values.self_attention_cache.update(
-                self._heads(self.k(hidden_states)),
-                self._heads(self.v(hidden_states)),
+                self.heads(self.k(hidden_states)),
+                self.heads(self.v(hidden_states)),
                 self.layer_idx,
                 {"cache_position": kwargs.get("cache_position")},
             )
@@ -78,8 +78,8 @@ class GroupedT5Attention(T5Attention):
         attended = attended.transpose(1, 2).reshape(rows, 1, self.inner_dim)
         return self.o(attended), position_bias
 
-    def _heads(self, states: torch.Tensor) -> torch.Tensor:
-        """[rows, 1, inner] as [rows, heads, 1, head width]."""
+    def heads(self, states: torch.Tensor) -> torch.Tensor:
+        """[rows, columns, inner] as [rows, heads, columns, head width]."""
         return states.view(states.shape[0], -1, self.n_heads, self.key_value_proj_dim).transpose(
             1, 2
         )
