@@ -18,7 +18,8 @@ batch at a time:
   computes 1600 tokens, not 520. A prompt that would pad the batch past the budget or past
   `MAX_PADDING` computed tokens per real one waits, and younger prompts that fit may pass
   it; it joins at the latest when it is the oldest. A prompt's tokens in the prefix cache
-  are not computed, and do not count. (The benchmark's prompts run from 37 to
+  are not computed, and do not count; a T5 input's first token, decoded in the turn it joins
+  (`first_token_from_step`), does. (The benchmark's prompts run from 37 to
   438 GPT-2 tokens: 32 clients' prefills computed 1.32 tokens per prompt token when only
   real tokens counted, 1.16 this way.) A decoder-only prefill bigger than what is left of the
   budget is computed a chunk of columns per turn (chunked prefill), so
@@ -175,7 +176,8 @@ class StepScheduler(TicketQueue):
             length = len(ticket.request.prompt_ids) - engine.cached_prefix(ticket.request)
             wider = max(widest, length)
             padded = (len(joining) + 1) * wider
-            if joining and (padded > tokens or padded > MAX_PADDING * (real + length)):
+            computed = padded + (len(joining) + 1 if engine.first_token_from_step else 0)
+            if joining and (computed > tokens or padded > MAX_PADDING * (real + length)):
                 continue  # a prompt further back may still fit beside the oldest
             if engine.peak_cache_bytes([*requests, ticket.request]) > limits.max_kv_cache_bytes:
                 break

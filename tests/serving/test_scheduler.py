@@ -157,6 +157,29 @@ def test_a_prefill_batch_takes_prompts_that_pad_little(loaded, metrics) -> None:
     assert computed <= sum(map(len, queued)) + 3 * (max(map(len, shorts)) - min(map(len, shorts)))
 
 
+def test_t5_inputs_count_their_first_token_in_the_turn_they_join(metrics) -> None:
+    """A T5 input's first token is decoded in the turn it joins, so it counts against that
+    turn's budget beside its encoder tokens: four equal inputs with room for their encoder
+    tokens and three first tokens are prefilled as three, then one."""
+    t5 = load_model(
+        "twin:MBZUAI/LaMini-Flan-T5-248M@tiny",
+        Settings(engine="continuous", quantization="float32"),
+    )
+    ids = prompt(t5, "Name a colour.")
+    release = threading.Event()
+
+    with make_scheduler(t5, metrics, max_batch_total_tokens=4 * len(ids) + 3) as scheduler:
+        held = scheduler.call(lambda: release.wait(30))  # the worker waits while all queue
+        tickets = [scheduler.submit(ids, SHORT, GREEDY) for _ in range(4)]
+        release.set()
+        held.result(timeout=30)
+        for ticket in tickets:
+            ticket.future.result(timeout=60)
+
+    assert sample(metrics, "lamini_step_duration_seconds_count", kind="prefill") == 2
+    assert sample(metrics, "lamini_step_tokens_sum", kind="prefill") == 4 * len(ids)
+
+
 def test_a_prompt_found_in_the_prefix_cache_counts_only_what_it_computes(
     loaded_with_prefix_cache, metrics
 ) -> None:

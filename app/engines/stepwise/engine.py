@@ -148,6 +148,12 @@ class ContinuousEngine(Engine):
         return len(self._trackers)
 
     @property
+    def first_token_from_step(self) -> bool:
+        """Whether joining rows get their first token from the next decode step (encoder-
+        decoder) rather than from their prefill: they decode in the turn they join."""
+        return self.family.is_seq2seq
+
+    @property
     def prefilling(self) -> bool:
         """Whether prompts are being prefilled (a chunk at a time, see `prefill`)."""
         return self._joining is not None
