@@ -4,10 +4,9 @@ One worker thread owns a `ContinuousEngine`. Each turn of its loop it lets waiti
 join, computes a chunk of their prefill (for T5 the whole encoder pass), then decodes one token
 for every running sequence. Joining prompts get their first token as soon as their prefill is
 complete (T5 inputs: from that turn's decode step, which they join) and decode with the others
-from then on. A sequence that is finished or cancelled
-leaves the batch, and frees its cache, right after the step that ended it; each token streams
-the moment its step ends. So a request waits for the turn in progress plus its own prefill,
-instead of for a whole batch.
+from then on. A sequence that is finished or cancelled leaves the batch, and frees its cache,
+right after the step that ended it; each token streams the moment its step ends. So a request
+waits for the turn in progress plus its own prefill, instead of for a whole batch.
 
 Who joins is decided like TGI's router does it, oldest first (so nothing starves), one prefill
 batch at a time:

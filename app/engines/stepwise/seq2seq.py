@@ -8,13 +8,13 @@ decode step beside the others. Measured (full Flan-T5-248M twin, int8, 2-core AV
 step run apart from the batch 30-48 ms more, while one more row in a decode step cost 0-5 ms -
 every turn that admits an input paid for a one-row pass through the whole decoder.
 The encoder attends both ways over the whole input, so it is not chunked: an input's prefill is
-one pass (the scheduler bounds how many inputs join in one turn). The
-decoder's self-attention cache is left-padded like a decoder-only cache: T5's relative position
-bias depends only on the distance between query and key, so padding in front of a row changes
-nothing. The cross-attention cache and the encoder mask are right-padded to the longest input.
-Steps pass a stand-in for the encoder states (one zero, expanded to their shape): only their
-shape is read once the cross-attention cache is filled. Each step's attention reads only each
-row group's own columns of both caches (`seq2seq_row_groups.py`).
+one pass (the scheduler bounds how many inputs join in one turn). The decoder's self-attention
+cache is left-padded like a decoder-only cache: T5's relative position bias depends only on the
+distance between query and key, so padding in front of a row changes nothing. The
+cross-attention cache and the encoder mask are right-padded to the longest input. Steps pass a
+stand-in for the encoder states (one zero, expanded to their shape): only their shape is read
+once the cross-attention cache is filled. Each step's attention reads only each row group's own
+columns of both caches (`seq2seq_row_groups.py`).
 """
 
 from __future__ import annotations
@@ -99,15 +99,14 @@ class Seq2SeqStepper:
         states = self._encoder(input_ids=ids, attention_mask=encoder_mask).last_hidden_state
         self_cache = self.cache_format.new_cache("left")
         cross_cache = self.cache_format.new_cache("right")
+        config = self._model.config
+        no_token_yet = states.new_empty((len(prompts), config.num_heads, 0, config.d_kv))
         for index, block in enumerate(self._model.get_decoder().block):
             attention = block.layer[1].EncDecAttention
             cross_cache.update(
                 attention.heads(attention.k(states)), attention.heads(attention.v(states)), index
             )
-            nothing = states.new_empty(
-                (len(prompts), attention.n_heads, 0, attention.key_value_proj_dim)
-            )
-            self_cache.update(nothing, nothing, index)  # no decoder token yet
+            self_cache.update(no_token_yet, no_token_yet, index)
         rows = Seq2SeqRows(
             self_cache=self_cache,
             cross_cache=cross_cache,
