@@ -118,8 +118,8 @@ def test_greedy_tokens_equal_generate_when_prefill_is_chunked(engines, family_na
 def test_greedy_tokens_equal_generate_when_rows_attend_in_groups(engines, family_name) -> None:
     """A prompt of about 150 tokens decoding beside short ones: each decode step splits the rows
     into groups that read only their own columns (`row_groups.py`: GPT-2 and OPT;
-    `seq2seq_row_groups.py`: T5's self- and cross-attention), and every row's tokens are still
-    the reference's."""
+    `t5_decoder.py`: T5's self- and cross-attention), and every row's tokens are still the
+    reference's."""
     engine, reference = engines(family_name)
     long_instruction = " ".join(INSTRUCTIONS * 2)
     instructions = ("Hi", long_instruction, "What is 2+2?", "Name a prime number.")
@@ -269,7 +269,7 @@ def test_a_rows_response_grammar_decides_its_tokens_alone(engines) -> None:
 @pytest.mark.parametrize("precision", ["bfloat16", "int8"])
 @pytest.mark.parametrize("family_name", ["lamini-gpt", "lamini-flan-t5"])
 def test_lower_precision_agrees_with_float32(tiny_twin, engines, family_name, precision) -> None:
-    engine, _ = engines(family_name)
+    engine, reference = engines(family_name)
     lower = ContinuousEngine(
         tiny_twin(FAMILY_TWINS[family_name]), get_family(family_name), precision=precision
     )
@@ -278,7 +278,7 @@ def test_lower_precision_agrees_with_float32(tiny_twin, engines, family_name, pr
     exact = [g.token_ids for g in engine.generate(requests, GREEDY)]
     approx = [g.token_ids for g in lower.generate(requests, GREEDY)]
 
-    ranks = first_token_ranks(engine.model, [r.prompt_ids for r in requests], approx)
+    ranks = first_token_ranks(reference.model, [r.prompt_ids for r in requests], approx)
     assert lower.info.quantization == precision
     assert statistics.median(ranks) <= MAX_MEDIAN_FIRST_TOKEN_RANK, (ranks, exact, approx)
 

@@ -17,12 +17,12 @@ A stepper plans the split and runs its model's forward inside `decoding_in_group
 every attention module reads it from there (`current_split`), one mechanism for every family,
 since no model passes a keyword of ours down to its attention. transformers' GPT-2 and OPT
 attention layers call a registered attention function (their `_supports_attention_backend`):
-this one is registered as `ROW_GROUPS_ATTENTION`, with transformers' SDPA mask. T5's and
-GPT-Neo's attentions are their own code, and read the split in `seq2seq_row_groups.py` and
-`gpt_neo_row_groups.py`. All three attend with `attend_by_rows`: on the CPU one compiled loop
-over every row's own columns (`row_attention.py`, faster still), else SDPA group by group.
-Prefill chunks (more than one query column) and forwards outside a split attend as
-transformers does.
+this one is registered as `ROW_GROUPS_ATTENTION`, with transformers' SDPA mask. GPT-Neo's
+attention is its own code and reads the split in `gpt_neo_row_groups.py`; T5's decode steps
+run in `t5_decoder.py`, which passes it. All three attend with `attend_by_rows`: on the CPU
+one compiled loop over every row's own columns (`row_attention.py`, faster still), else SDPA
+group by group. Prefill chunks (more than one query column) and forwards outside a split
+attend as transformers does.
 """
 
 from __future__ import annotations

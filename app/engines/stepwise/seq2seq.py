@@ -11,10 +11,9 @@ The encoder attends both ways over the whole input, so it is not chunked: an inp
 one pass (the scheduler bounds how many inputs join in one turn). The decoder's self-attention
 cache is left-padded like a decoder-only cache: T5's relative position bias depends only on the
 distance between query and key, so padding in front of a row changes nothing. The
-cross-attention cache and the encoder mask are right-padded to the longest input. Steps pass a
-stand-in for the encoder states (one zero, expanded to their shape): only their shape is read
-once the cross-attention cache is filled. Each step's attention reads only each row group's own
-columns of both caches (`seq2seq_row_groups.py`).
+cross-attention cache and the encoder mask are right-padded to the longest input. Decode steps
+run the decoder as `t5_decoder.py` computes it, each row's attention over its own columns of
+both caches.
 """
 
 from __future__ import annotations
@@ -23,13 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutput
+from transformers import DynamicCache, PreTrainedModel
 
-from app.engines.stepwise.row_groups import DecodeSplit, RowWidths, decoding_in_groups
+from app.engines.stepwise.row_groups import DecodeSplit, RowWidths
 from app.engines.stepwise.rows import fit_columns, stack_rows
-from app.engines.stepwise.seq2seq_row_groups import group_decoder_attention
 from app.engines.stepwise.slots import CacheFormat, append_rows, compaction_order, keep_rows
+from app.engines.stepwise.t5_decoder import T5DecoderStep
 
 
 @dataclass
@@ -46,10 +44,6 @@ class Seq2SeqRows:
     @property
     def size(self) -> int:
         return int(self.lengths.shape[0])
-
-    @property
-    def cache(self) -> EncoderDecoderCache:
-        return EncoderDecoderCache(self.self_cache, self.cross_cache)
 
 
 @dataclass
@@ -73,14 +67,12 @@ class Seq2SeqStepper:
     """Prefill and decode steps of an encoder-decoder model; it owns no state of its own."""
 
     def __init__(self, model: PreTrainedModel, pad_token_id: int, cache: CacheFormat) -> None:
-        self._model = model
         self.cache_format = cache  # its bytes_per_token holds for decoder and encoder tokens alike
         self._encoder = model.get_encoder()
+        self._decoder = T5DecoderStep(model)
         self._pad = pad_token_id
         self._start = int(model.config.decoder_start_token_id)
-        self._dtype = model.dtype
-        # decode steps read only each row's own columns (`seq2seq_row_groups.py`)
-        group_decoder_attention(model)
+        self._decoder_cache_shape = (model.config.num_heads, 0, model.config.d_kv)
 
     def start(self, prompts: Sequence[Sequence[int]]) -> Seq2SeqPrefill:
         return Seq2SeqPrefill(prompts)
@@ -99,13 +91,9 @@ class Seq2SeqStepper:
         states = self._encoder(input_ids=ids, attention_mask=encoder_mask).last_hidden_state
         self_cache = self.cache_format.new_cache("left")
         cross_cache = self.cache_format.new_cache("right")
-        config = self._model.config
-        no_token_yet = states.new_empty((len(prompts), config.num_heads, 0, config.d_kv))
-        for index, block in enumerate(self._model.get_decoder().block):
-            attention = block.layer[1].EncDecAttention
-            cross_cache.update(
-                attention.heads(attention.k(states)), attention.heads(attention.v(states)), index
-            )
+        no_token_yet = states.new_empty((len(prompts), *self._decoder_cache_shape))
+        for index, (keys, values) in enumerate(self._decoder.cross_keys_values(states)):
+            cross_cache.update(keys, values, index)
             self_cache.update(no_token_yet, no_token_yet, index)
         rows = Seq2SeqRows(
             self_cache=self_cache,
@@ -119,22 +107,13 @@ class Seq2SeqStepper:
 
     def decode(self, rows: Seq2SeqRows) -> torch.Tensor:
         rows.mask = torch.cat([rows.mask, rows.mask.new_ones((rows.size, 1))], dim=1)
-        shape_only = torch.zeros((1, 1, 1), dtype=self._dtype).expand(
-            rows.size, rows.encoder_mask.shape[1], 1
-        )
         split = DecodeSplit(
             self_rows=RowWidths(tuple((rows.lengths + 1).tolist())),
             cross_rows=RowWidths(tuple(rows.encoder_mask.sum(dim=1).tolist())),
         )
-        with decoding_in_groups(split):
-            logits = self._model(
-                encoder_outputs=BaseModelOutput(last_hidden_state=shape_only),
-                attention_mask=rows.encoder_mask,
-                decoder_input_ids=rows.next_ids[:, None],
-                decoder_attention_mask=rows.mask,
-                past_key_values=rows.cache,
-                use_cache=True,
-            ).logits[:, -1]
+        logits = self._decoder(
+            rows.next_ids, rows.self_cache, rows.cross_cache, rows.mask, rows.encoder_mask, split
+        )
         rows.lengths = rows.lengths + 1
         return logits
 

@@ -1,0 +1,224 @@
+"""T5's decoder one token per row, computed here from its layers' weights.
+
+A decode step through transformers' `T5ForConditionalGeneration` is a few hundred small
+operations behind module calls, argument handling and cache wrappers, and at a few rows that
+fixed cost is most of the step: on a 2-core AVX2-only AMD EPYC (int8, one row, ~130 columns of
+past) LaMini-T5-61M's step took 9.0-11.8 ms, 5-6 ms of it in the int8 matrix products, and
+Flan-T5-248M's 24-33 ms. Computed here, the same logits come out (to the last bit in those
+measurements, int8 and float32) in 6.3-7.2 and 21-25 ms, by:
+
+- one matrix product for each self-attention's query, key and value, and one for the gated
+  feed-forward's two input projections (`stacked_linear`): int8 weights carry a scale per
+  output row, so stacking the rows changes no output, and the activations are quantised once,
+  not three times (twice); in float32 a wider product may sum in another order (~1e-7);
+- T5's layer norm as torch's `rms_norm` (the same function, one operation);
+- the relative position bias computed once a step (every layer shares the first layer's, as in
+  transformers) and each row's attention over its own columns only (`attend_by_rows`).
+
+Dropout is left out (inference) and so is the float16 clamping (no precision here is float16).
+The stacked projections replace the decoder's originals, which would be a second copy of those
+weights: transformers' decoder cannot run after, and nothing calls it (a joining input runs the
+encoder and `cross_keys_values`, decode steps run here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.ao.nn.quantized.dynamic as quantized_dynamic
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel
+from transformers.models.t5.modeling_t5 import T5Attention
+
+from app.engines.stepwise.row_groups import (
+    UNSCALED_SDPA,
+    DecodeSplit,
+    RowWidths,
+    attend_by_rows,
+    decoding_in_groups,
+)
+from app.engines.stepwise.rows import Side
+
+
+@dataclass(frozen=True)
+class _DecoderLayer:
+    """One decoder block's weights, in the order a step uses them."""
+
+    self_norm: torch.Tensor
+    query_key_value: nn.Module  # the three projections stacked
+    self_out: nn.Module
+    cross_norm: torch.Tensor
+    cross_query: nn.Module
+    cross_out: nn.Module
+    feed_forward_norm: torch.Tensor
+    feed_forward_in: nn.Module  # `wi`, or `wi_0` and `wi_1` stacked (gated)
+    activation: nn.Module
+    gated: bool
+    feed_forward_out: nn.Module
+
+
+class T5DecoderStep:
+    """The decoder of a T5 model (its projections stacked, see the module's docstring): the
+    cross-attention keys and values of encoder states, and the logits of one step."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        config = model.config
+        decoder = model.get_decoder()
+        self._heads, self._head_width = config.num_heads, config.d_kv
+        self._epsilon = config.layer_norm_epsilon
+        self._embed = decoder.embed_tokens
+        self._relative_bias: T5Attention = decoder.block[0].layer[0].SelfAttention
+        self._cross_attentions: list[T5Attention] = [
+            block.layer[1].EncDecAttention for block in decoder.block
+        ]
+        self._layers = [_take_layer(block) for block in decoder.block]
+        self._final_norm = decoder.final_layer_norm.weight
+        self._lm_head = model.get_output_embeddings()
+        # tied embeddings: transformers rescales the decoder's output before the projection
+        self._output_scale = config.d_model**-0.5 if config.tie_word_embeddings else None
+
+    def cross_keys_values(self, states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's cross-attention keys and values of `states` ([rows, columns, width]),
+        as [rows, heads, columns, head width]: what every step of those rows reads."""
+        return [
+            (self._split_heads(attention.k(states)), self._split_heads(attention.v(states)))
+            for attention in self._cross_attentions
+        ]
+
+    def __call__(
+        self,
+        next_ids: torch.Tensor,
+        self_cache: DynamicCache,
+        cross_cache: DynamicCache,
+        mask: torch.Tensor,
+        encoder_mask: torch.Tensor,
+        split: DecodeSplit,
+    ) -> torch.Tensor:
+        """The logits ([rows, vocabulary]) of `next_ids` ([rows]) appended to the rows' decoder
+        tokens (`self_cache`, left-padded; `mask` [rows, columns] covers them and the new one),
+        reading encoder states' keys and values in `cross_cache` (right-padded, `encoder_mask`);
+        each row attends over its own columns (`split`). Writes the new keys and values."""
+        rows = int(next_ids.shape[0])
+        hidden = self._embed(next_ids)  # [rows, width]: one token per row
+        self_bias = self._position_bias(mask.shape[1]) + _additive_mask(mask, hidden.dtype)
+        cross_bias = _additive_mask(encoder_mask, hidden.dtype)
+        with decoding_in_groups(split):  # the cache gives its columns as stored
+            for index, layer in enumerate(self._layers):
+                normed = self._norm(hidden, layer.self_norm)
+                query, key, value = (
+                    layer.query_key_value(normed)
+                    .view(rows, 3, self._heads, 1, self._head_width)
+                    .unbind(1)
+                )
+                keys, values = self_cache.layers[index].update(key, value)
+                attended = self._attend(query, keys, values, self_bias, split.self_rows, "left")
+                hidden = hidden + layer.self_out(attended)
+
+                normed = self._norm(hidden, layer.cross_norm)
+                query = self._split_heads(layer.cross_query(normed)[:, None])
+                cached = cross_cache.layers[index]
+                attended = self._attend(
+                    query, cached.keys, cached.values, cross_bias, split.cross_rows, "right"
+                )
+                hidden = hidden + layer.cross_out(attended)
+
+                normed = self._norm(hidden, layer.feed_forward_norm)
+                inner = layer.feed_forward_in(normed)
+                if layer.gated:
+                    gate, linear = inner.view(rows, 2, -1).unbind(1)
+                    inner = layer.activation(gate) * linear
+                else:
+                    inner = layer.activation(inner)
+                hidden = hidden + layer.feed_forward_out(inner)
+        hidden = self._norm(hidden, self._final_norm)
+        if self._output_scale is not None:
+            hidden = hidden * self._output_scale
+        return self._lm_head(hidden)
+
+    def _norm(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(hidden, (hidden.shape[-1],), weight, self._epsilon)
+
+    def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
+        """[rows, columns, heads x head width] as [rows, heads, columns, head width]."""
+        rows, columns = states.shape[:2]
+        return states.view(rows, columns, self._heads, self._head_width).transpose(1, 2)
+
+    def _position_bias(self, columns: int) -> torch.Tensor:
+        """[1, heads, 1, columns]: T5's relative position bias of the newest column's query."""
+        newest = torch.tensor([columns - 1], device=self._final_norm.device)
+        return self._relative_bias.compute_bias(columns, columns, cache_position=newest)
+
+    def _attend(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        bias: torch.Tensor,
+        rows: RowWidths | None,
+        side: Side,
+    ) -> torch.Tensor:
+        """[rows, heads x head width]: T5 attention (unscaled scores, `bias` added) of one
+        query per row over its own columns."""
+        assert rows is not None  # a decode step splits both attentions
+        attended = attend_by_rows(
+            UNSCALED_SDPA, query, keys, values, bias, rows, scale=1.0, mask_is_bias=True, side=side
+        )
+        return attended.reshape(query.shape[0], self._heads * self._head_width)
+
+
+def stacked_linear(linears: Sequence[nn.Module]) -> nn.Module:
+    """One linear layer computing what `linears` (same inputs, no bias) compute, their outputs
+    side by side: float weights concatenated (the products may sum in another order), or int8
+    weights (PyTorch's dynamic quantisation, a scale per output row) concatenated with their
+    scales, which gives the same outputs."""
+    first = linears[0]
+    if isinstance(first, quantized_dynamic.Linear):
+        weights = [linear.weight() for linear in linears]
+        stacked = torch._make_per_channel_quantized_tensor(
+            torch.cat([weight.int_repr() for weight in weights]),
+            torch.cat([weight.q_per_channel_scales() for weight in weights]).double(),
+            torch.cat([weight.q_per_channel_zero_points() for weight in weights]).long(),
+            0,
+        )
+        joined = quantized_dynamic.Linear(stacked.shape[1], stacked.shape[0], dtype=torch.qint8)
+        joined.set_weight_bias(stacked, None)
+        return joined
+    weight = torch.cat([linear.weight for linear in linears])
+    joined = nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
+    joined.weight = nn.Parameter(weight.to(first.weight.device), requires_grad=False)
+    return joined
+
+
+def _take_layer(block: nn.Module) -> _DecoderLayer:
+    """A decoder block's weights, its self-attention's and gated feed-forward's input
+    projections stacked (and the originals dropped from the block)."""
+    self_attention, cross_attention, feed_forward = block.layer
+    attention = self_attention.SelfAttention
+    dense = feed_forward.DenseReluDense
+    gated = hasattr(dense, "wi_0")
+    layer = _DecoderLayer(
+        self_norm=self_attention.layer_norm.weight,
+        query_key_value=stacked_linear([attention.q, attention.k, attention.v]),
+        self_out=attention.o,
+        cross_norm=cross_attention.layer_norm.weight,
+        cross_query=cross_attention.EncDecAttention.q,
+        cross_out=cross_attention.EncDecAttention.o,
+        feed_forward_norm=feed_forward.layer_norm.weight,
+        feed_forward_in=stacked_linear([dense.wi_0, dense.wi_1]) if gated else dense.wi,
+        activation=dense.act,
+        gated=gated,
+        feed_forward_out=dense.wo,
+    )
+    del attention.q, attention.k, attention.v
+    if gated:
+        del dense.wi_0, dense.wi_1
+    return layer
+
+
+def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[rows, 1, 1, columns]: 0 where `mask` ([rows, columns]) is 1, the dtype's lowest
+    elsewhere (added to the scores; only attention that reads padding needs it)."""
+    return (1 - mask[:, None, None, :]).to(dtype) * torch.finfo(dtype).min

@@ -1,0 +1,104 @@
+"""T5's decoder as `t5_decoder.py` computes it gives transformers' logits: for T5 (ReLU) and
+Flan-T5 (gated GELU, untied output), rows with inputs of very different lengths, rows joining
+mid-way, each row reading its own columns - through the CPU's row loop and through SDPA by row
+groups, which reads other rows' padding and needs the masks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+from app.engines.stepwise import row_attention
+from app.engines.stepwise.precision import quantize_linear_layers
+from app.engines.stepwise.row_groups import plan_row_groups
+from app.engines.stepwise.seq2seq import Seq2SeqRows, Seq2SeqStepper
+from app.engines.stepwise.slots import CacheFormat
+from app.engines.stepwise.t5_decoder import stacked_linear
+
+PAD, START = 0, 0
+CONFIGS = {
+    "t5": T5Config(
+        vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+        feed_forward_proj="relu", dropout_rate=0.0, decoder_start_token_id=START,
+        pad_token_id=PAD,
+    ),
+    "flan-t5": T5Config(
+        vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
+        decoder_start_token_id=START, pad_token_id=PAD,
+    ),
+}  # fmt: skip
+# several cross-attention row groups, one of them over inputs of 30 and 27 tokens
+FIRST_INPUTS = [[5, 6, 7], list(range(2, 32)), list(range(2, 29)), [9] * 5]
+JOINING_INPUTS = [list(range(3, 60)), [4, 8]]  # join after three steps: self-attention groups too
+
+
+def _reference_logits(
+    model: T5ForConditionalGeneration, inputs: list[list[int]], outputs: list[list[int]]
+) -> torch.Tensor:
+    """transformers' next-token logits of each row alone, no cache: [rows, vocabulary]."""
+    return torch.stack(
+        [
+            model(
+                input_ids=torch.tensor([prompt]), decoder_input_ids=torch.tensor([[START, *made]])
+            ).logits[0, -1]
+            for prompt, made in zip(inputs, outputs, strict=True)
+        ]
+    )
+
+
+def _step(stepper: Seq2SeqStepper, rows: Seq2SeqRows, outputs: list[list[int]]) -> torch.Tensor:
+    logits = stepper.decode(rows)
+    rows.next_ids = logits.argmax(dim=-1)
+    for made, token in zip(outputs, rows.next_ids.tolist(), strict=True):
+        made.append(token)
+    return logits
+
+
+@pytest.mark.parametrize("row_loop", [True, False], ids=["row-loop", "sdpa-groups"])
+@pytest.mark.parametrize("name", CONFIGS)
+def test_decode_steps_give_transformers_logits(
+    name: str, row_loop: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lengths = [len(prompt) for prompt in FIRST_INPUTS]
+    assert any(  # a row that reads another's padding: the SDPA path needs the masks
+        len(set(lengths[group.start : group.stop])) > 1 for group in plan_row_groups(lengths)
+    )
+    torch.manual_seed(0)
+    reference = T5ForConditionalGeneration(CONFIGS[name]).eval()
+    stepper = Seq2SeqStepper(copy.deepcopy(reference), PAD, CacheFormat(1))
+    if not row_loop:
+        monkeypatch.setattr(row_attention, "fits", lambda *_: False)
+
+    with torch.inference_mode():
+        rows, _ = stepper.advance(stepper.start(FIRST_INPUTS), 0)
+        inputs, outputs = list(FIRST_INPUTS), [[] for _ in FIRST_INPUTS]
+        for step in range(6):
+            if step == 3:
+                joining, _ = stepper.advance(stepper.start(JOINING_INPUTS), 0)
+                rows = stepper.join(rows, joining)
+                inputs += JOINING_INPUTS
+                outputs += [[] for _ in JOINING_INPUTS]
+            expected = _reference_logits(reference, inputs, outputs)
+            torch.testing.assert_close(_step(stepper, rows, outputs), expected)
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["float32", "int8"])
+def test_stacked_linear_gives_each_linear_outputs_side_by_side(int8: bool) -> None:
+    torch.manual_seed(0)
+    linears = torch.nn.Sequential(*(torch.nn.Linear(16, size, bias=False) for size in (8, 8, 24)))
+    if int8:
+        linears = quantize_linear_layers(linears)
+    inputs = torch.randn(5, 16)
+
+    with torch.inference_mode():
+        stacked = stacked_linear(list(linears))(inputs)
+        separate = torch.cat([linear(inputs) for linear in linears], dim=-1)
+
+    if int8:  # the same integer products and scales: the same numbers
+        assert torch.equal(stacked, separate)
+    else:  # one matrix product instead of three may sum in another order
+        torch.testing.assert_close(stacked, separate, rtol=0, atol=1e-6)
