@@ -89,24 +89,22 @@ class ContinuousEngine(Engine):
         chosen = resolve_precision(precision, self.device.type)
         auto_model = AutoModelForSeq2SeqLM if family.is_seq2seq else AutoModelForCausalLM
         self.tokenizer = load_tokenizer(checkpoint_dir, family)
+        pad = self.tokenizer.pad_token_id
+        pad = pad if pad is not None else self.tokenizer.eos_token_id
+        stepper = Seq2SeqStepper if family.is_seq2seq else CausalStepper
+        # the steppers' own set-up computes too (T5 stacks its decoder's projections)
         with without_thread_team(), checkpoint_load_errors(checkpoint_dir, family, "transformers"):
             model = auto_model.from_pretrained(
                 str(checkpoint_dir), dtype=chosen.dtype, trust_remote_code=False
             )
             self.model = chosen.apply(model.to(self.device).eval())
-        return_freed_memory()  # what loading and int8 conversion freed
+            cache = CacheFormat(
+                _bytes_per_token(model.config, family, chosen.stored), chosen.cache_dtype
+            )
+            self._stepper: CausalStepper | Seq2SeqStepper = stepper(self.model, pad, cache)
+        return_freed_memory()  # what loading, int8 conversion and stacking freed
         row_attention.warm_up()
         self.compute_here()  # the synchronous API computes on the loading thread
-        pad = self.tokenizer.pad_token_id
-        pad = pad if pad is not None else self.tokenizer.eos_token_id
-        cache = CacheFormat(
-            _bytes_per_token(model.config, family, chosen.stored), chosen.cache_dtype
-        )
-        self._stepper: CausalStepper | Seq2SeqStepper = (
-            Seq2SeqStepper(model, pad, cache)
-            if family.is_seq2seq
-            else CausalStepper(model, pad, cache)
-        )
         max_input, max_total = limits_from_config(model.config, self.tokenizer, family)
         self.info = EngineInfo(
             kind=EngineKind.CONTINUOUS,
