@@ -3,8 +3,8 @@
 A decode step through transformers' `T5ForConditionalGeneration` is a few hundred small
 operations behind module calls, argument handling and cache wrappers, and at a few rows that
 fixed cost is most of the step: on a 2-core AVX2-only AMD EPYC (int8, one row, ~130 columns of
-past) LaMini-T5-61M's step took 9.0-11.8 ms, 5-6 ms of it in the int8 matrix products, and
-Flan-T5-248M's 24-33 ms. Computed here, the same logits come out (to the last bit in those
+past) LaMini-T5-61M's step took 8.9-14.2 ms, 5-6 ms of it in the int8 matrix products, and
+Flan-T5-248M's 24-40 ms. Computed here, the same logits come out (to the last bit in those
 measurements, int8 and float32) in 6.3-7.2 and 21-25 ms, by:
 
 - one matrix product for each self-attention's query, key and value, and one for the gated
