@@ -129,6 +129,7 @@ FAMILIES: tuple[Family, ...] = (
         recommended=_CARD_LAMINI,
         engines=_ALL_ENGINES,
         name_hints=("lamini-flan-t5",),
+        continuous_on_cpu=True,
     ),
     Family(
         name="lamini-cerebras",

@@ -34,12 +34,13 @@ def test_load_model_opens_a_twin_on_the_transformers_engine(twin_cache_dir: Path
 
 def test_auto_engine_is_the_family_preferred_one() -> None:
     assert choose_engine(get_family("lamini-t5"), "auto") is EngineKind.CTRANSLATE2
+    assert choose_engine(get_family("flant5-dolly"), "auto", "cpu") is EngineKind.CTRANSLATE2
     assert choose_engine(get_family("lamini-neo"), "auto") is EngineKind.ONNX
     assert choose_engine(get_family("opt-iml"), "auto", "cpu") is EngineKind.CTRANSLATE2
 
 
-@pytest.mark.parametrize("family", ["lamini-gpt", "lamini-cerebras"])
-def test_auto_runs_the_gpt2_families_on_the_continuous_engine_on_cpus(family: str) -> None:
+@pytest.mark.parametrize("family", ["lamini-gpt", "lamini-cerebras", "lamini-flan-t5"])
+def test_auto_runs_the_measured_families_on_the_continuous_engine_on_cpus(family: str) -> None:
     assert choose_engine(get_family(family), "auto", "cpu") is EngineKind.CONTINUOUS
     assert choose_engine(get_family(family), "auto", "cpu", "float32") is EngineKind.CONTINUOUS
     assert choose_engine(get_family(family), "auto", "cuda") is EngineKind.CTRANSLATE2
