@@ -45,12 +45,15 @@ from app.engines.stepwise.rows import Side
 
 @dataclass(frozen=True)
 class _DecoderLayer:
-    """One decoder block's weights, in the order a step uses them."""
+    """One decoder block's weights, in the order a step uses them (the cross-attention's keys
+    and values once, when rows join)."""
 
     self_norm: torch.Tensor
     query_key_value: nn.Module  # the three projections stacked
     self_out: nn.Module
     cross_norm: torch.Tensor
+    cross_key: nn.Module
+    cross_value: nn.Module
     cross_query: nn.Module
     cross_out: nn.Module
     feed_forward_norm: torch.Tensor
@@ -71,9 +74,6 @@ class T5DecoderStep:
         self._epsilon = config.layer_norm_epsilon
         self._embed = decoder.embed_tokens
         self._relative_bias: T5Attention = decoder.block[0].layer[0].SelfAttention
-        self._cross_attentions: list[T5Attention] = [
-            block.layer[1].EncDecAttention for block in decoder.block
-        ]
         self._layers = [_take_layer(block) for block in decoder.block]
         self._final_norm = decoder.final_layer_norm.weight
         self._lm_head = model.get_output_embeddings()
@@ -84,8 +84,11 @@ class T5DecoderStep:
         """Each layer's cross-attention keys and values of `states` ([rows, columns, width]),
         as [rows, heads, columns, head width]: what every step of those rows reads."""
         return [
-            (self._split_heads(attention.k(states)), self._split_heads(attention.v(states)))
-            for attention in self._cross_attentions
+            (
+                self._split_heads(layer.cross_key(states)),
+                self._split_heads(layer.cross_value(states)),
+            )
+            for layer in self._layers
         ]
 
     def __call__(
@@ -197,6 +200,7 @@ def _take_layer(block: nn.Module) -> _DecoderLayer:
     projections stacked (and the originals dropped from the block)."""
     self_attention, cross_attention, feed_forward = block.layer
     attention = self_attention.SelfAttention
+    cross = cross_attention.EncDecAttention
     dense = feed_forward.DenseReluDense
     gated = hasattr(dense, "wi_0")
     layer = _DecoderLayer(
@@ -204,8 +208,10 @@ def _take_layer(block: nn.Module) -> _DecoderLayer:
         query_key_value=stacked_linear([attention.q, attention.k, attention.v]),
         self_out=attention.o,
         cross_norm=cross_attention.layer_norm.weight,
-        cross_query=cross_attention.EncDecAttention.q,
-        cross_out=cross_attention.EncDecAttention.o,
+        cross_key=cross.k,
+        cross_value=cross.v,
+        cross_query=cross.q,
+        cross_out=cross.o,
         feed_forward_norm=feed_forward.layer_norm.weight,
         feed_forward_in=stacked_linear([dense.wi_0, dense.wi_1]) if gated else dense.wi,
         activation=dense.act,
