@@ -23,11 +23,9 @@ encoder and `cross_keys_values`, decode steps run here).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.ao.nn.quantized.dynamic as quantized_dynamic
 import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
@@ -41,6 +39,7 @@ from app.engines.stepwise.row_groups import (
     decoding_in_groups,
 )
 from app.engines.stepwise.rows import Side
+from app.engines.stepwise.t5_layers import additive_mask, stacked_linear
 
 
 @dataclass(frozen=True)
@@ -106,8 +105,8 @@ class T5DecoderStep:
         each row attends over its own columns (`split`). Writes the new keys and values."""
         rows = int(next_ids.shape[0])
         hidden = self._embed(next_ids)  # [rows, width]: one token per row
-        self_bias = self._position_bias(mask.shape[1]) + _additive_mask(mask, hidden.dtype)
-        cross_bias = _additive_mask(encoder_mask, hidden.dtype)
+        self_bias = self._position_bias(mask.shape[1]) + additive_mask(mask, hidden.dtype)
+        cross_bias = additive_mask(encoder_mask, hidden.dtype)
         with decoding_in_groups(split):  # the cache gives its columns as stored
             for index, layer in enumerate(self._layers):
                 normed = self._norm(hidden, layer.self_norm)
@@ -172,29 +171,6 @@ class T5DecoderStep:
         return attended.reshape(query.shape[0], self._heads * self._head_width)
 
 
-def stacked_linear(linears: Sequence[nn.Module]) -> nn.Module:
-    """One linear layer computing what `linears` (same inputs, no bias) compute, their outputs
-    side by side: float weights concatenated (the products may sum in another order), or int8
-    weights (PyTorch's dynamic quantisation, a scale per output row) concatenated with their
-    scales, which gives the same outputs."""
-    first = linears[0]
-    if isinstance(first, quantized_dynamic.Linear):
-        weights = [linear.weight() for linear in linears]
-        stacked = torch._make_per_channel_quantized_tensor(
-            torch.cat([weight.int_repr() for weight in weights]),
-            torch.cat([weight.q_per_channel_scales() for weight in weights]).double(),
-            torch.cat([weight.q_per_channel_zero_points() for weight in weights]).long(),
-            0,
-        )
-        joined = quantized_dynamic.Linear(stacked.shape[1], stacked.shape[0], dtype=torch.qint8)
-        joined.set_weight_bias(stacked, None)
-        return joined
-    weight = torch.cat([linear.weight for linear in linears])
-    joined = nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
-    joined.weight = nn.Parameter(weight.to(first.weight.device), requires_grad=False)
-    return joined
-
-
 def _take_layer(block: nn.Module) -> _DecoderLayer:
     """A decoder block's weights, its self-attention's and gated feed-forward's input
     projections stacked (and the originals dropped from the block)."""
@@ -222,9 +198,3 @@ def _take_layer(block: nn.Module) -> _DecoderLayer:
     if gated:
         del dense.wi_0, dense.wi_1
     return layer
-
-
-def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[rows, 1, 1, columns]: 0 where `mask` ([rows, columns]) is 1, the dtype's lowest
-    elsewhere (added to the scores; only attention that reads padding needs it)."""
-    return (1 - mask[:, None, None, :]).to(dtype) * torch.finfo(dtype).min
