@@ -9,26 +9,14 @@ import copy
 
 import pytest
 import torch
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import T5ForConditionalGeneration
 
 from app.engines.stepwise import row_attention
 from app.engines.stepwise.row_groups import plan_row_groups
 from app.engines.stepwise.seq2seq import Seq2SeqRows, Seq2SeqStepper
 from app.engines.stepwise.slots import CacheFormat
+from tests.support.t5_configs import CONFIGS, PAD, START
 
-PAD, START = 0, 0
-CONFIGS = {
-    "t5": T5Config(
-        vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
-        feed_forward_proj="relu", dropout_rate=0.0, decoder_start_token_id=START,
-        pad_token_id=PAD,
-    ),
-    "flan-t5": T5Config(
-        vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
-        feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
-        decoder_start_token_id=START, pad_token_id=PAD,
-    ),
-}  # fmt: skip
 # several cross-attention row groups, one of them over inputs of 30 and 27 tokens
 FIRST_INPUTS = [[5, 6, 7], list(range(2, 32)), list(range(2, 29)), [9] * 5]
 JOINING_INPUTS = [list(range(3, 60)), [4, 8]]  # join after three steps: self-attention groups too
