@@ -11,9 +11,9 @@ The encoder attends both ways over the whole input, so it is not chunked: an inp
 one pass (the scheduler bounds how many inputs join in one turn). The decoder's self-attention
 cache is left-padded like a decoder-only cache: T5's relative position bias depends only on the
 distance between query and key, so padding in front of a row changes nothing. The
-cross-attention cache and the encoder mask are right-padded to the longest input. Decode steps
-run the decoder as `t5_decoder.py` computes it, each row's attention over its own columns of
-both caches.
+cross-attention cache and the encoder mask are right-padded to the longest input. The encoder
+pass runs as `t5_encoder.py` computes it, and decode steps run the decoder as `t5_decoder.py`
+does, each row's attention over its own columns of both caches.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from app.engines.stepwise.row_groups import DecodeSplit, RowWidths
 from app.engines.stepwise.rows import fit_columns, stack_rows
 from app.engines.stepwise.slots import CacheFormat, append_rows, compaction_order, keep_rows
 from app.engines.stepwise.t5_decoder import T5DecoderStep
+from app.engines.stepwise.t5_encoder import T5EncoderPass
 
 
 @dataclass
@@ -68,7 +69,7 @@ class Seq2SeqStepper:
 
     def __init__(self, model: PreTrainedModel, pad_token_id: int, cache: CacheFormat) -> None:
         self.cache_format = cache  # its bytes_per_token holds for decoder and encoder tokens alike
-        self._encoder = model.get_encoder()
+        self._encoder = T5EncoderPass(model)
         self._decoder = T5DecoderStep(model)
         self._pad = pad_token_id
         self._start = int(model.config.decoder_start_token_id)
@@ -88,7 +89,7 @@ class Seq2SeqStepper:
         for row, prompt in enumerate(prompts):
             ids[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
             encoder_mask[row, : len(prompt)] = 1
-        states = self._encoder(input_ids=ids, attention_mask=encoder_mask).last_hidden_state
+        states = self._encoder(ids, encoder_mask)
         self_cache = self.cache_format.new_cache("left")
         cross_cache = self.cache_format.new_cache("right")
         no_token_yet = states.new_empty((len(prompts), *self._decoder_cache_shape))

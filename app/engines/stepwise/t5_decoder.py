@@ -26,7 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 from transformers.models.t5.modeling_t5 import T5Attention
@@ -39,7 +38,12 @@ from app.engines.stepwise.row_groups import (
     decoding_in_groups,
 )
 from app.engines.stepwise.rows import Side
-from app.engines.stepwise.t5_layers import additive_mask, stacked_linear
+from app.engines.stepwise.t5_layers import (
+    FeedForward,
+    additive_mask,
+    rms_norm,
+    take_query_key_value,
+)
 
 
 @dataclass(frozen=True)
@@ -55,11 +59,7 @@ class _DecoderLayer:
     cross_value: nn.Module
     cross_query: nn.Module
     cross_out: nn.Module
-    feed_forward_norm: torch.Tensor
-    feed_forward_in: nn.Module  # `wi`, or `wi_0` and `wi_1` stacked (gated)
-    activation: nn.Module
-    gated: bool
-    feed_forward_out: nn.Module
+    feed_forward: FeedForward
 
 
 class T5DecoderStep:
@@ -73,7 +73,7 @@ class T5DecoderStep:
         self._epsilon = config.layer_norm_epsilon
         self._embed = decoder.embed_tokens
         self._relative_bias: T5Attention = decoder.block[0].layer[0].SelfAttention
-        self._layers = [_take_layer(block) for block in decoder.block]
+        self._layers = [_take_layer(block, self._epsilon) for block in decoder.block]
         self._final_norm = decoder.final_layer_norm.weight
         self._lm_head = model.get_output_embeddings()
         # tied embeddings: transformers rescales the decoder's output before the projection
@@ -126,22 +126,14 @@ class T5DecoderStep:
                     query, cached.keys, cached.values, cross_bias, split.cross_rows, "right"
                 )
                 hidden = hidden + layer.cross_out(attended)
-
-                normed = self._norm(hidden, layer.feed_forward_norm)
-                inner = layer.feed_forward_in(normed)
-                if layer.gated:
-                    gate, linear = inner.view(rows, 2, -1).unbind(1)
-                    inner = layer.activation(gate) * linear
-                else:
-                    inner = layer.activation(inner)
-                hidden = hidden + layer.feed_forward_out(inner)
+                hidden = layer.feed_forward(hidden)
         hidden = self._norm(hidden, self._final_norm)
         if self._output_scale is not None:
             hidden = hidden * self._output_scale
         return self._lm_head(hidden)
 
     def _norm(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(hidden, (hidden.shape[-1],), weight, self._epsilon)
+        return rms_norm(hidden, weight, self._epsilon)
 
     def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
         """[rows, columns, heads x head width] as [rows, heads, columns, head width]."""
@@ -171,30 +163,19 @@ class T5DecoderStep:
         return attended.reshape(query.shape[0], self._heads * self._head_width)
 
 
-def _take_layer(block: nn.Module) -> _DecoderLayer:
+def _take_layer(block: nn.Module, epsilon: float) -> _DecoderLayer:
     """A decoder block's weights, its self-attention's and gated feed-forward's input
     projections stacked (and the originals dropped from the block)."""
     self_attention, cross_attention, feed_forward = block.layer
-    attention = self_attention.SelfAttention
     cross = cross_attention.EncDecAttention
-    dense = feed_forward.DenseReluDense
-    gated = hasattr(dense, "wi_0")
-    layer = _DecoderLayer(
+    return _DecoderLayer(
         self_norm=self_attention.layer_norm.weight,
-        query_key_value=stacked_linear([attention.q, attention.k, attention.v]),
-        self_out=attention.o,
+        query_key_value=take_query_key_value(self_attention.SelfAttention),
+        self_out=self_attention.SelfAttention.o,
         cross_norm=cross_attention.layer_norm.weight,
         cross_key=cross.k,
         cross_value=cross.v,
         cross_query=cross.q,
         cross_out=cross.o,
-        feed_forward_norm=feed_forward.layer_norm.weight,
-        feed_forward_in=stacked_linear([dense.wi_0, dense.wi_1]) if gated else dense.wi,
-        activation=dense.act,
-        gated=gated,
-        feed_forward_out=dense.wo,
+        feed_forward=FeedForward.take(feed_forward, epsilon),
     )
-    del attention.q, attention.k, attention.v
-    if gated:
-        del dense.wi_0, dense.wi_1
-    return layer

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.ao.nn.quantized.dynamic as quantized_dynamic
+import torch.nn.functional as F
 from torch import nn
+from transformers.activations import NewGELUActivation
 
 
 def stacked_linear(linears: Sequence[nn.Module]) -> nn.Module:
@@ -36,3 +40,66 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[rows, 1, 1, columns]: 0 where `mask` ([rows, columns]) is 1, the dtype's lowest
     elsewhere (added to the scores; only attention that reads padding needs it)."""
     return (1 - mask[:, None, None, :]).to(dtype) * torch.finfo(dtype).min
+
+
+def take_query_key_value(attention: nn.Module) -> nn.Module:
+    """A `T5Attention`'s query, key and value projections as one (`stacked_linear`), the
+    three dropped from it (not kept twice): its outputs side by side."""
+    stacked = stacked_linear([attention.q, attention.k, attention.v])
+    del attention.q, attention.k, attention.v
+    return stacked
+
+
+def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """T5's layer norm (a scale, no mean, no bias) as torch's one operation."""
+    return F.rms_norm(hidden, (hidden.shape[-1],), weight, epsilon)
+
+
+def fused_activation(activation: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`activation`, as one operation where torch has it: transformers' `gelu_new` (Flan-T5)
+    is eight element-wise operations, torch's tanh GELU the same function in one (Flan-T5-248M's
+    296-token encoder pass: 3.3 against 1.5 ms a layer on a 2-core AVX2 EPYC; outputs within
+    2.4e-7)."""
+    if isinstance(activation, NewGELUActivation):
+        return functools.partial(F.gelu, approximate="tanh")
+    return activation
+
+
+@dataclass(frozen=True)
+class FeedForward:
+    """A T5 block's feed-forward sub-layer, its gated input projections stacked."""
+
+    norm: torch.Tensor
+    inner: nn.Module  # `wi`, or `wi_0` and `wi_1` stacked (gated)
+    activation: Callable[[torch.Tensor], torch.Tensor]
+    gated: bool
+    out: nn.Module
+    epsilon: float
+
+    @classmethod
+    def take(cls, sub_layer: nn.Module, epsilon: float) -> FeedForward:
+        """`sub_layer`'s (a `T5LayerFF`) weights; a gated one's `wi_0` and `wi_1` are stacked
+        and dropped from it (not kept twice)."""
+        dense = sub_layer.DenseReluDense
+        gated = hasattr(dense, "wi_0")
+        feed_forward = cls(
+            norm=sub_layer.layer_norm.weight,
+            inner=stacked_linear([dense.wi_0, dense.wi_1]) if gated else dense.wi,
+            activation=fused_activation(dense.act),
+            gated=gated,
+            out=dense.wo,
+            epsilon=epsilon,
+        )
+        if gated:
+            del dense.wi_0, dense.wi_1
+        return feed_forward
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`hidden` plus the sub-layer's output (the residual connection included)."""
+        inner = self.inner(rms_norm(hidden, self.norm, self.epsilon))
+        if self.gated:
+            gate, linear = inner.unflatten(-1, (2, -1)).unbind(-2)
+            inner = self.activation(gate) * linear
+        else:
+            inner = self.activation(inner)
+        return hidden + self.out(inner)
