@@ -2,15 +2,14 @@
 
 A joining input's encoder pass is most of its time to first token. Through transformers'
 `T5Stack` the products are ~70 % of it and the rest is module plumbing, the layer norm written
-out as six operations, Flan-T5's GELU as eight, and attention as separate matrix products and
-softmax. Computed here (the decoder's way, `t5_decoder.py`): each layer's query, key and value
-as one product (`stacked_linear`: in int8 the same outputs, the activations quantised once),
-the gated feed-forward's two input projections as one, `rms_norm`, torch's one-operation GELU
-(`fused_activation`), the relative position bias once a pass (every layer shares the first
-layer's, as in transformers) and torch's fused attention with it and the padding mask.
-Measured (full Flan-T5-248M twin, int8, 2-core AVX2 AMD EPYC, alternated in one process):
-40 tokens 54-55 -> 46-47 ms, 296 tokens 357-370 -> 335-338 ms, same states to the last bit in
-int8.
+out as six operations, and attention as separate matrix products and softmax. Computed here
+(the decoder's way, `t5_decoder.py`): each layer's query, key and value as one product
+(`stacked_linear`: in int8 the same outputs, the activations quantised once), the gated
+feed-forward's two input projections as one, `rms_norm`, the relative position bias once a
+pass (every layer shares the first layer's, as in transformers) and torch's fused attention
+with it and the padding mask. Measured (full Flan-T5-248M twin, int8, 2-core AVX2 AMD EPYC,
+alternated in one process): 40 tokens 54-55 -> 46-47 ms, 296 tokens 357-370 -> 335-338 ms,
+the same states to the last bit in int8.
 
 Dropout is left out (inference) and so is the float16 clamping (no precision here is float16).
 The stacked projections replace the encoder's originals: transformers' encoder cannot run
