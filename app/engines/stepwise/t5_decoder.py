@@ -28,7 +28,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
-from transformers.models.t5.modeling_t5 import T5Attention
 
 from app.engines.stepwise.row_groups import (
     UNSCALED_SDPA,
@@ -40,8 +39,8 @@ from app.engines.stepwise.row_groups import (
 from app.engines.stepwise.rows import Side
 from app.engines.stepwise.t5_layers import (
     FeedForward,
+    StackPass,
     additive_mask,
-    rms_norm,
     take_query_key_value,
 )
 
@@ -62,19 +61,15 @@ class _DecoderLayer:
     feed_forward: FeedForward
 
 
-class T5DecoderStep:
+class T5DecoderStep(StackPass):
     """The decoder of a T5 model (its projections stacked, see the module's docstring): the
     cross-attention keys and values of encoder states, and the logits of one step."""
 
     def __init__(self, model: PreTrainedModel) -> None:
         config = model.config
         decoder = model.get_decoder()
-        self._heads, self._head_width = config.num_heads, config.d_kv
-        self._epsilon = config.layer_norm_epsilon
-        self._embed = decoder.embed_tokens
-        self._relative_bias: T5Attention = decoder.block[0].layer[0].SelfAttention
+        super().__init__(decoder, config)
         self._layers = [_take_layer(block, self._epsilon) for block in decoder.block]
-        self._final_norm = decoder.final_layer_norm.weight
         self._lm_head = model.get_output_embeddings()
         # tied embeddings: transformers rescales the decoder's output before the projection
         self._output_scale = config.d_model**-0.5 if config.tie_word_embeddings else None
@@ -131,9 +126,6 @@ class T5DecoderStep:
         if self._output_scale is not None:
             hidden = hidden * self._output_scale
         return self._lm_head(hidden)
-
-    def _norm(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return rms_norm(hidden, weight, self._epsilon)
 
     def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
         """[rows, columns, heads x head width] as [rows, heads, columns, head width]."""

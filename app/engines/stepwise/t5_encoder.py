@@ -24,12 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.models.t5.modeling_t5 import T5Attention
 
 from app.engines.stepwise.t5_layers import (
     FeedForward,
+    StackPass,
     additive_mask,
-    rms_norm,
     take_query_key_value,
 )
 
@@ -44,16 +43,12 @@ class _EncoderLayer:
     feed_forward: FeedForward
 
 
-class T5EncoderPass:
+class T5EncoderPass(StackPass):
     """The encoder of a T5 model (its projections stacked, see the module's docstring)."""
 
     def __init__(self, model: PreTrainedModel) -> None:
-        config = model.config
         encoder = model.get_encoder()
-        self._heads, self._head_width = config.num_heads, config.d_kv
-        self._epsilon = config.layer_norm_epsilon
-        self._embed = encoder.embed_tokens
-        self._relative_bias: T5Attention = encoder.block[0].layer[0].SelfAttention
+        super().__init__(encoder, model.config)
         self._layers = [
             _EncoderLayer(
                 norm=block.layer[0].layer_norm.weight,
@@ -63,7 +58,6 @@ class T5EncoderPass:
             )
             for block in encoder.block
         ]
-        self._final_norm = encoder.final_layer_norm.weight
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The encoder states ([rows, columns, width]) of `ids` ([rows, columns], right-padded;
@@ -74,7 +68,7 @@ class T5EncoderPass:
             mask, hidden.dtype
         )
         for layer in self._layers:
-            normed = rms_norm(hidden, layer.norm, self._epsilon)
+            normed = self._norm(hidden, layer.norm)
             query, key, value = (
                 layer.query_key_value(normed)
                 .view(rows, columns, 3, self._heads, self._head_width)
@@ -84,4 +78,4 @@ class T5EncoderPass:
             attended = F.scaled_dot_product_attention(query, key, value, bias, scale=1.0)
             hidden = hidden + layer.out(attended.transpose(1, 2).reshape(rows, columns, -1))
             hidden = layer.feed_forward(hidden)
-        return rms_norm(hidden, self._final_norm, self._epsilon)
+        return self._norm(hidden, self._final_norm)

@@ -9,6 +9,8 @@ import torch
 import torch.ao.nn.quantized.dynamic as quantized_dynamic
 import torch.nn.functional as F
 from torch import nn
+from transformers import PretrainedConfig
+from transformers.models.t5.modeling_t5 import T5Attention
 
 
 def stacked_linear(linears: Sequence[nn.Module]) -> nn.Module:
@@ -91,3 +93,19 @@ class FeedForward:
         else:
             inner = self.activation(inner)
         return hidden + self.out(inner)
+
+
+class StackPass:
+    """What a pass through one of a T5 model's stacks (encoder or decoder) reads besides its
+    blocks: the attention's shape, the token embedding, the relative position bias (every
+    layer uses the first block's, as in transformers) and the final norm."""
+
+    def __init__(self, stack: nn.Module, config: PretrainedConfig) -> None:
+        self._heads, self._head_width = config.num_heads, config.d_kv
+        self._epsilon = config.layer_norm_epsilon
+        self._embed = stack.embed_tokens
+        self._relative_bias: T5Attention = stack.block[0].layer[0].SelfAttention
+        self._final_norm = stack.final_layer_norm.weight
+
+    def _norm(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return rms_norm(hidden, weight, self._epsilon)
