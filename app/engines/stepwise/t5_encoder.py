@@ -21,10 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
+from app.engines.stepwise.row_groups import UNSCALED_SDPA
 from app.engines.stepwise.t5_layers import (
     FeedForward,
     StackPass,
@@ -75,7 +75,7 @@ class T5EncoderPass(StackPass):
                 .permute(2, 0, 3, 1, 4)
                 .unbind(0)
             )  # each [rows, heads, columns, head width]
-            attended = F.scaled_dot_product_attention(query, key, value, bias, scale=1.0)
+            attended = UNSCALED_SDPA(query, key, value, bias)
             hidden = hidden + layer.out(attended.transpose(1, 2).reshape(rows, columns, -1))
             hidden = layer.feed_forward(hidden)
         return self._norm(hidden, self._final_norm)
