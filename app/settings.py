@@ -112,8 +112,9 @@ class Settings(BaseSettings):
         default=512,
         ge=1,
         description="Continuous engine: tokens one turn may compute, prompts joining plus "
-        "running sequences; longer decoder-only prompts are prefilled in chunks of it (bounds "
-        "how long newcomers' prefill stalls the running batch).",
+        "running sequences; longer prompts are prefilled in chunks of it (decoder-only: "
+        "columns; encoder-decoder: layers of the encoder pass), which bounds how long "
+        "newcomers' prefill stalls the running batch.",
     )
     max_kv_cache_mb: float = Field(
         default=4096.0,

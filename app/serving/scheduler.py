@@ -1,12 +1,12 @@
 """Iteration-level scheduling: requests join and leave the running batch at every step.
 
 One worker thread owns a `ContinuousEngine`. Each turn of its loop it lets waiting requests
-join, computes a chunk of their prefill (for T5 the whole encoder pass), then decodes one token
-for every running sequence. Joining prompts get their first token as soon as their prefill is
-complete (T5 inputs: from that turn's decode step, which they join) and decode with the others
-from then on. A sequence that is finished or cancelled leaves the batch, and frees its cache,
-right after the step that ended it; each token streams the moment its step ends. So a request
-waits for the turn in progress plus its own prefill, instead of for a whole batch.
+join, computes a chunk of their prefill (for T5 a few layers of the encoder pass), then decodes
+one token for every running sequence. Joining prompts get their first token as soon as their
+prefill is complete (T5 inputs: from that turn's decode step, which they join) and decode with
+the others from then on. A sequence that is finished or cancelled leaves the batch, and frees
+its cache, right after the step that ended it; each token streams the moment its step ends. So
+a request waits for the turn in progress plus its own prefill, instead of for a whole batch.
 
 Who joins is decided like TGI's router does it, oldest first (so nothing starves), one prefill
 batch at a time:
@@ -23,7 +23,8 @@ batch at a time:
   real tokens counted, 1.16 this way.) A decoder-only prefill bigger than what is left of the
   budget is computed a chunk of columns per turn (chunked prefill), so
   the running batch never waits for more than that budget's worth of prompt tokens per step;
-  an encoder pass cannot be split, and runs whole;
+  an encoder pass reads its input both ways and is split by layers instead, as many a turn as
+  the budget pays for (a layer over the inputs counts as that share of their tokens);
 - `max_kv_cache_bytes` bounds the KV cache: a request joins only if the cache the batch could
   ever reach with it (every row as long as the longest one can grow) fits. When it does not,
   requests wait for sequences to leave; one that could never fit is refused at submit.

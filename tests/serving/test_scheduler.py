@@ -38,6 +38,14 @@ def loaded_with_prefix_cache() -> LoadedModel:
     return load_model(MODEL, Settings(engine="continuous", quantization="float32"))
 
 
+@pytest.fixture(scope="module")
+def t5() -> LoadedModel:
+    return load_model(
+        "twin:MBZUAI/LaMini-Flan-T5-248M@tiny",
+        Settings(engine="continuous", quantization="float32"),
+    )
+
+
 @pytest.fixture
 def metrics() -> Metrics:
     return Metrics()
@@ -157,14 +165,41 @@ def test_a_prefill_batch_takes_prompts_that_pad_little(loaded, metrics) -> None:
     assert computed <= sum(map(len, queued)) + 3 * (max(map(len, shorts)) - min(map(len, shorts)))
 
 
-def test_t5_inputs_count_their_first_token_in_the_turn_they_join(metrics) -> None:
+def test_a_long_t5_input_is_encoded_a_layer_a_turn_while_the_batch_decodes(t5, metrics) -> None:
+    """A budget of less than a layer's share of the input: each turn runs one encoder layer,
+    and the running row decodes between them."""
+    running_tokens = TokenRecorder(after=3)
+    first_token_after: list[int] = []
+
+    def on_joined_token(_token: GeneratedToken, _last: bool) -> None:
+        if not first_token_after:
+            first_token_after.append(len(running_tokens.tokens))
+
+    with make_scheduler(t5, metrics, max_batch_total_tokens=9) as scheduler:
+        ids = prompt(t5, "Hi")  # encoded in one turn
+        running = scheduler.submit(
+            ids, LONG, SamplingParams(min_new_tokens=LONG), on_token=running_tokens
+        )
+        assert running_tokens.started.wait(30)
+        long_ids = prompt(t5, "Describe the history of every ocean on the planet. " * 3)
+        before = len(running_tokens.tokens)
+        joined = scheduler.submit(long_ids, SHORT, GREEDY, on_token=on_joined_token)
+        generation = joined.future.result(timeout=60)
+        running.future.result(timeout=60)
+
+    depth = t5.engine.model.config.num_layers
+    assert len(ids) <= 9  # the running input is encoded in one turn
+    assert 8 * depth < len(long_ids)  # 8 columns a turn (9 less the running row) pay for less
+    # than one layer of the long input: at least one layer runs
+    assert sample(metrics, "lamini_step_duration_seconds_count", kind="prefill") == 1 + depth
+    assert first_token_after[0] - before >= depth - 1  # a decode step after each layer's turn
+    assert generation.token_ids == t5.engine.generate([joined.request], GREEDY)[0].token_ids
+
+
+def test_t5_inputs_count_their_first_token_in_the_turn_they_join(t5, metrics) -> None:
     """A T5 input's first token is decoded in the turn it joins, so it counts against that
     turn's budget beside its encoder tokens: four equal inputs with room for their encoder
     tokens and three first tokens are prefilled as three, then one."""
-    t5 = load_model(
-        "twin:MBZUAI/LaMini-Flan-T5-248M@tiny",
-        Settings(engine="continuous", quantization="float32"),
-    )
     ids = prompt(t5, "Name a colour.")
     release = threading.Event()
 

@@ -3,7 +3,7 @@
 Sequences join and leave a running batch at any step, so the scheduler
 (`app.serving.scheduler`) can start a request within about one step of its arrival instead of
 after a whole batch. `begin` takes newcomers as their own batch, `prefill` computes their
-prompts a chunk of columns at a time (decoder-only; for T5 the whole encoder pass) and, when
+prompts a chunk of columns at a time (decoder-only; for T5 a few encoder layers) and, when
 they are complete, stacks their cache rows under the running ones - a decoder-only prompt's
 first token comes from its prefill, a T5 input's from the next step (`admit` does both in one
 go); `step` decodes one token for every running row; a row whose sequence is finished or
@@ -197,7 +197,8 @@ class ContinuousEngine(Engine):
 
     def prefill(self, max_tokens: int) -> int:
         """Compute about `max_tokens` more prompt tokens of the batch being prefilled (at least
-        one column of it; an encoder-decoder input all at once); once its prompts are done,
+        one column of it; of encoder-decoder inputs at least one encoder layer, which counts as
+        that share of their tokens); once its prompts are done,
         let them join the running batch (`_start`). Returns the tokens computed (padding
         included)."""
         joining = self._joining

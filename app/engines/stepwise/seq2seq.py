@@ -7,13 +7,16 @@ decode step beside the others. Measured (full Flan-T5-248M twin, int8, 2-core AV
 37-token input joining 12 running rows): the encoder pass took 39-62 ms and the first decoder
 step run apart from the batch 30-48 ms more, while one more row in a decode step cost 0-5 ms -
 every turn that admits an input paid for a one-row pass through the whole decoder.
-The encoder attends both ways over the whole input, so it is not chunked: an input's prefill is
-one pass (the scheduler bounds how many inputs join in one turn). The decoder's self-attention
-cache is left-padded like a decoder-only cache: T5's relative position bias depends only on the
-distance between query and key, so padding in front of a row changes nothing. The
-cross-attention cache and the encoder mask are right-padded to the longest input. The encoder
-pass runs as `t5_encoder.py` computes it, and decode steps run the decoder as `t5_decoder.py`
-does, each row's attention over its own columns of both caches.
+The encoder attends both ways over the whole input, so a prefill is not split by columns but by
+layers: each turn runs as many of the encoder's layers as the turn's token budget holds (one
+layer over the inputs counts as that share of their padded tokens, at least one layer a turn),
+and the last turn projects the cross-attention keys and values, so a long input stalls the
+running batch for about a budget's worth of tokens per step, as a decoder-only prompt does.
+The decoder's self-attention cache is left-padded like a decoder-only cache: T5's relative
+position bias depends only on the distance between query and key, so padding in front of a row
+changes nothing. The cross-attention cache and the encoder mask are right-padded to the longest
+input. The encoder pass runs as `t5_encoder.py` computes it, and decode steps run the decoder
+as `t5_decoder.py` does, each row's attention over its own columns of both caches.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from app.engines.stepwise.row_groups import DecodeSplit, RowWidths
 from app.engines.stepwise.rows import fit_columns, stack_rows
 from app.engines.stepwise.slots import CacheFormat, append_rows, compaction_order, keep_rows
 from app.engines.stepwise.t5_decoder import T5DecoderStep
-from app.engines.stepwise.t5_encoder import T5EncoderPass
+from app.engines.stepwise.t5_encoder import EncoderProgress, T5EncoderPass
 
 
 @dataclass
@@ -49,19 +52,21 @@ class Seq2SeqRows:
 
 @dataclass
 class Seq2SeqPrefill:
-    """Inputs waiting for their encoder pass (done in one go, see the module's docstring)."""
+    """Inputs being encoded a few layers at a time (see the module's docstring)."""
 
-    prompts: Sequence[Sequence[int]]
-    done: int = 0  # input columns encoded: none, then all of them
+    ids: torch.Tensor  # [rows, columns], right-padded
+    encoder_mask: torch.Tensor  # 1 over real tokens
+    encoding: EncoderProgress | None = None  # from the first turn on
+    done: int = 0  # input columns' worth encoded: the longest input times the layers' share run
     columns: int = 0  # cache columns held before the rows run: none
 
     @property
     def size(self) -> int:
-        return len(self.prompts)
+        return int(self.encoder_mask.shape[0])
 
     @property
     def remaining(self) -> int:
-        return max(len(prompt) for prompt in self.prompts) - self.done
+        return int(self.encoder_mask.shape[1]) - self.done
 
 
 class Seq2SeqStepper:
@@ -76,33 +81,39 @@ class Seq2SeqStepper:
         self._decoder_cache_shape = (model.config.num_heads, 0, model.config.d_kv)
 
     def start(self, prompts: Sequence[Sequence[int]]) -> Seq2SeqPrefill:
-        return Seq2SeqPrefill(prompts)
-
-    def advance(self, prefill: Seq2SeqPrefill, _columns: int) -> tuple[Seq2SeqRows, None]:
-        """The encoder pass of every input and its cross-attention keys and values, whatever
-        `_columns`; no logits: the rows' first tokens come from the step they join."""
-        prompts = prefill.prompts
-        prefill.done += prefill.remaining
         width = max(len(prompt) for prompt in prompts)
         ids = torch.full((len(prompts), width), self._pad, dtype=torch.long)
         encoder_mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, prompt in enumerate(prompts):
             ids[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
             encoder_mask[row, : len(prompt)] = 1
-        states = self._encoder(ids, encoder_mask)
+        return Seq2SeqPrefill(ids, encoder_mask)
+
+    def advance(self, prefill: Seq2SeqPrefill, columns: int) -> tuple[Seq2SeqRows, None] | None:
+        """Run the encoder's next layers, as many as `columns` of every input pay for (at
+        least one); once it has run them all, the rows with their cross-attention keys and
+        values. No logits: the rows' first tokens come from the step they join."""
+        if prefill.encoding is None:
+            prefill.encoding = self._encoder.begin(prefill.ids, prefill.encoder_mask)
+        depth, width = self._encoder.depth, int(prefill.ids.shape[1])
+        self._encoder.advance(prefill.encoding, max(1, columns * depth // width))
+        prefill.done = width * prefill.encoding.layers // depth
+        if prefill.remaining:
+            return None
+        states = self._encoder.states(prefill.encoding)
         self_cache = self.cache_format.new_cache("left")
         cross_cache = self.cache_format.new_cache("right")
-        no_token_yet = states.new_empty((len(prompts), *self._decoder_cache_shape))
+        no_token_yet = states.new_empty((prefill.size, *self._decoder_cache_shape))
         for index, (keys, values) in enumerate(self._decoder.cross_keys_values(states)):
             cross_cache.update(keys, values, index)
             self_cache.update(no_token_yet, no_token_yet, index)
         rows = Seq2SeqRows(
             self_cache=self_cache,
             cross_cache=cross_cache,
-            mask=torch.ones((len(prompts), 0), dtype=torch.long),
-            lengths=torch.zeros(len(prompts), dtype=torch.long),
-            encoder_mask=encoder_mask,
-            next_ids=torch.full((len(prompts),), self._start, dtype=torch.long),
+            mask=torch.ones((prefill.size, 0), dtype=torch.long),
+            lengths=torch.zeros(prefill.size, dtype=torch.long),
+            encoder_mask=prefill.encoder_mask,
+            next_ids=torch.full((prefill.size,), self._start, dtype=torch.long),
         )
         return rows, None
 

@@ -11,6 +11,11 @@ with it and the padding mask. Measured (full Flan-T5-248M twin, int8, 2-core AVX
 alternated in one process): 40 tokens 54-55 -> 46-47 ms, 296 tokens 357-370 -> 335-338 ms,
 the same states to the last bit in int8.
 
+A pass can stop between layers (`EncoderProgress`), so that the running batch decodes while a
+long input is encoded a few layers per turn (`seq2seq.py`): attention reads every column both
+ways, so an input cannot be split by columns as a decoder-only prompt is, but each layer needs
+only the one before it.
+
 Dropout is left out (inference) and so is the float16 clamping (no precision here is float16).
 The stacked projections replace the encoder's originals: transformers' encoder cannot run
 after, and nothing calls it.
@@ -31,6 +36,16 @@ from app.engines.stepwise.t5_layers import (
     additive_mask,
     take_query_key_value,
 )
+
+
+@dataclass
+class EncoderProgress:
+    """A pass part way through the encoder: the hidden states after its first `layers` layers,
+    and what every layer adds to its attention scores (the position bias and the padding)."""
+
+    hidden: torch.Tensor  # [rows, columns, width]
+    bias: torch.Tensor
+    layers: int = 0
 
 
 @dataclass(frozen=True)
@@ -59,23 +74,45 @@ class T5EncoderPass(StackPass):
             for block in encoder.block
         ]
 
-    def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The encoder states ([rows, columns, width]) of `ids` ([rows, columns], right-padded;
-        `mask` is 1 over real tokens): what transformers' encoder gives."""
-        rows, columns = ids.shape
+    @property
+    def depth(self) -> int:
+        """The encoder's layers: a pass advances through them a few at a time (`advance`)."""
+        return len(self._layers)
+
+    def begin(self, ids: torch.Tensor, mask: torch.Tensor) -> EncoderProgress:
+        """A pass over `ids` ([rows, columns], right-padded; `mask` is 1 over real tokens),
+        no layer run yet."""
+        columns = ids.shape[1]
         hidden = self._embed(ids)
         bias = self._relative_bias.compute_bias(columns, columns) + additive_mask(
             mask, hidden.dtype
         )
-        for layer in self._layers:
-            normed = self._norm(hidden, layer.norm)
-            query, key, value = (
-                layer.query_key_value(normed)
-                .view(rows, columns, 3, self._heads, self._head_width)
-                .permute(2, 0, 3, 1, 4)
-                .unbind(0)
-            )  # each [rows, heads, columns, head width]
-            attended = UNSCALED_SDPA(query, key, value, bias)
-            hidden = hidden + layer.out(attended.transpose(1, 2).reshape(rows, columns, -1))
-            hidden = layer.feed_forward(hidden)
-        return self._norm(hidden, self._final_norm)
+        return EncoderProgress(hidden, bias)
+
+    def advance(self, progress: EncoderProgress, layers: int) -> None:
+        """Run the next `layers` layers of `progress` (fewer where fewer are left)."""
+        for layer in self._layers[progress.layers : progress.layers + layers]:
+            progress.hidden = self._layer(layer, progress.hidden, progress.bias)
+            progress.layers += 1
+
+    def states(self, progress: EncoderProgress) -> torch.Tensor:
+        """The encoder states ([rows, columns, width]) of a pass through every layer: what
+        transformers' encoder gives."""
+        if progress.layers < self.depth:
+            raise ValueError(f"the pass has run {progress.layers} of {self.depth} layers")
+        return self._norm(progress.hidden, self._final_norm)
+
+    def _layer(
+        self, layer: _EncoderLayer, hidden: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        rows, columns = hidden.shape[:2]
+        normed = self._norm(hidden, layer.norm)
+        query, key, value = (
+            layer.query_key_value(normed)
+            .view(rows, columns, 3, self._heads, self._head_width)
+            .permute(2, 0, 3, 1, 4)
+            .unbind(0)
+        )  # each [rows, heads, columns, head width]
+        attended = UNSCALED_SDPA(query, key, value, bias)
+        hidden = hidden + layer.out(attended.transpose(1, 2).reshape(rows, columns, -1))
+        return layer.feed_forward(hidden)

@@ -36,6 +36,14 @@ def _reference_logits(
     )
 
 
+def _encoded(stepper: Seq2SeqStepper, inputs: list[list[int]]) -> Seq2SeqRows:
+    """`inputs`' rows, their encoder pass run a layer a turn as a small token budget makes it."""
+    prefill = stepper.start(inputs)
+    while (done := stepper.advance(prefill, 1)) is None:
+        pass
+    return done[0]
+
+
 def _step(stepper: Seq2SeqStepper, rows: Seq2SeqRows, outputs: list[list[int]]) -> torch.Tensor:
     logits = stepper.decode(rows)
     rows.next_ids = logits.argmax(dim=-1)
@@ -60,12 +68,11 @@ def test_decode_steps_give_transformers_logits(
         monkeypatch.setattr(row_attention, "fits", lambda *_: False)
 
     with torch.inference_mode():
-        rows, _ = stepper.advance(stepper.start(FIRST_INPUTS), 0)
+        rows = _encoded(stepper, FIRST_INPUTS)
         inputs, outputs = list(FIRST_INPUTS), [[] for _ in FIRST_INPUTS]
         for step in range(6):
             if step == 3:
-                joining, _ = stepper.advance(stepper.start(JOINING_INPUTS), 0)
-                rows = stepper.join(rows, joining)
+                rows = stepper.join(rows, _encoded(stepper, JOINING_INPUTS))
                 inputs += JOINING_INPUTS
                 outputs += [[] for _ in JOINING_INPUTS]
             expected = _reference_logits(reference, inputs, outputs)
