@@ -12,6 +12,12 @@ layers: each turn runs as many of the encoder's layers as the turn's token budge
 layer over the inputs counts as that share of their padded tokens, at least one layer a turn),
 and the last turn projects the cross-attention keys and values, so a long input stalls the
 running batch for about a budget's worth of tokens per step, as a decoder-only prompt does.
+Measured (full Flan-T5-248M twin, int8, 2-core AVX2 EPYC, a 296-token input joining 12 running
+rows, three rounds): at the default budget of 512 the pass runs in one turn, and the running
+rows wait 414-438 ms, the input's whole time to first token; at 128, three turns of four
+layers, the rows' longest wait 176-215 ms, the input's first token 446-527 ms; at 64, six
+turns, 145-149 ms and 521-605 ms. A smaller budget trades the joining input's first token for
+the running rows' inter-token latency.
 The decoder's self-attention cache is left-padded like a decoder-only cache: T5's relative
 position bias depends only on the distance between query and key, so padding in front of a row
 changes nothing. The cross-attention cache and the encoder mask are right-padded to the longest
