@@ -87,7 +87,9 @@ class T5EncoderPass(StackPass):
         bias = self._relative_bias.compute_bias(columns, columns) + additive_mask(
             mask, hidden.dtype
         )
-        return EncoderProgress(hidden, bias)
+        # laid out once a pass: the sum keeps the position bias's permuted layout, which the
+        # fused attention copied at every layer (296 tokens: ~1 ms a layer, 12-15 ms a pass)
+        return EncoderProgress(hidden, bias.contiguous())
 
     def advance(self, progress: EncoderProgress, layers: int) -> None:
         """Run the next `layers` layers of `progress` (fewer where fewer are left)."""
