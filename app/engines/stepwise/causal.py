@@ -11,6 +11,9 @@ left, so a long prompt can be spread over several scheduler turns and the runnin
 decoding in between; in float32 the tokens are the same as from one pass. Only the last chunk
 computes the output projection, for the last position only.
 
+GPT-2's decode steps (LaMini-GPT, LaMini-Cerebras) run `gpt2_decoder.py`, the same operations
+without transformers' mask and module plumbing; OPT's and GPT-Neo's run transformers' model.
+
 A prompt whose start is in the prefix cache (`prefix_cache.py`) has those columns copied in,
 not computed: the batch's prefill starts at the first column some row has no cached state for.
 """
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from app.engines.stepwise.gpt2_decoder import GPT2DecoderStep
 from app.engines.stepwise.gpt_neo_row_groups import group_gpt_neo_attention
 from app.engines.stepwise.prefix_cache import PrefixHit
 from app.engines.stepwise.row_groups import (
@@ -94,6 +98,8 @@ class CausalStepper:
         self._body = model.base_model
         self._head = model.get_output_embeddings()
         self._pad = pad_token_id
+        # GPT-2's decode steps skip transformers' plumbing (`gpt2_decoder.py`)
+        self._gpt2_step = GPT2DecoderStep(model) if model.config.model_type == "gpt2" else None
 
     def start(
         self, prompts: Sequence[Sequence[int]], hits: Sequence[PrefixHit | None] = ()
@@ -148,17 +154,21 @@ class CausalStepper:
     def decode(self, rows: CausalRows) -> torch.Tensor:
         """Feed every row its next token; return the logits that follow."""
         rows.mask = torch.cat([rows.mask, rows.mask.new_ones((rows.size, 1))], dim=1)
-        split = DecodeSplit(self_rows=RowWidths(tuple((rows.lengths + 1).tolist())))
-        with decoding_in_groups(split):
-            hidden = self._body(
-                input_ids=rows.next_ids[:, None],
-                attention_mask=rows.mask,
-                position_ids=rows.lengths[:, None],
-                past_key_values=rows.cache,
-                use_cache=True,
-            ).last_hidden_state
+        widths = RowWidths(tuple((rows.lengths + 1).tolist()))
+        with decoding_in_groups(DecodeSplit(self_rows=widths)):
+            if self._gpt2_step is not None:
+                logits = self._gpt2_step(rows.next_ids, rows.lengths, rows.cache, rows.mask, widths)
+            else:
+                hidden = self._body(
+                    input_ids=rows.next_ids[:, None],
+                    attention_mask=rows.mask,
+                    position_ids=rows.lengths[:, None],
+                    past_key_values=rows.cache,
+                    use_cache=True,
+                ).last_hidden_state
+                logits = self._head(hidden[:, -1])
         rows.lengths = rows.lengths + 1
-        return self._head(hidden[:, -1])
+        return logits
 
     def join(self, running: CausalRows, joining: CausalRows) -> CausalRows:
         """`joining`'s rows after `running`'s (the cache grows in place)."""
