@@ -14,9 +14,11 @@ products are small. Computed here, the same operations on the same modules in th
   the MLP and the residual again; `ln_f` and the output projection.
 
 Measured (full LaMini-GPT-124M twin, int8, 2-core AVX2-only AMD EPYC, in process, a step's
-median over 15, eight rounds alternated with the step through transformers): 1.07x faster at
-one row (~14.4 -> ~13 ms), 1.23-1.32x at 8 rows (~26-30 -> ~20-22 ms), 1.11x at 32; the same
-tokens. Where the products are faster (AVX512, AMX) the plumbing is a larger share.
+median over 15, alternated with the step through transformers, which ran first every other
+round - the second run of a round is the slower, so a fixed order misleads): the median of
+eight rounds 1.19x faster at one row, 1.23x at 8 rows (~26-30 -> ~20-22 ms), 1.15x at 32 and,
+four rounds, 1.12x at 96; the same tokens. Where the products are faster (AVX512, AMX) the
+plumbing is a larger share.
 
 Prefill chunks still run through transformers (`causal.py`): they are few and wide, and their
 time is the products'. Dropout is left out (inference).
