@@ -16,8 +16,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from app.engines.stepwise import row_attention
 from app.engines.stepwise.causal import CausalRows, CausalStepper
 from app.engines.stepwise.precision import quantize_linear_layers
-from app.engines.stepwise.row_groups import plan_row_groups
 from app.engines.stepwise.slots import CacheFormat
+from tests.support.row_groups import a_group_reads_padding
 
 CONFIG = GPT2Config(
     vocab_size=128, n_positions=128, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0,
@@ -44,10 +44,7 @@ def _prefilled(stepper: CausalStepper, prompts: list[list[int]]) -> tuple[Causal
 def test_decode_steps_give_transformers_logits(
     row_loop: bool, int8: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lengths = [len(prompt) for prompt in FIRST_PROMPTS]
-    assert any(  # a row that reads another's padding: the SDPA path needs the mask
-        len(set(lengths[group.start : group.stop])) > 1 for group in plan_row_groups(lengths)
-    )
+    assert a_group_reads_padding([len(prompt) for prompt in FIRST_PROMPTS])
     torch.manual_seed(0)
     reference = GPT2LMHeadModel(CONFIG).eval()
     if int8:

@@ -12,9 +12,9 @@ import torch
 from transformers import T5ForConditionalGeneration
 
 from app.engines.stepwise import row_attention
-from app.engines.stepwise.row_groups import plan_row_groups
 from app.engines.stepwise.seq2seq import Seq2SeqRows, Seq2SeqStepper
 from app.engines.stepwise.slots import CacheFormat
+from tests.support.row_groups import a_group_reads_padding
 from tests.support.t5_configs import CONFIGS, PAD, START
 
 # several cross-attention row groups, one of them over inputs of 30 and 27 tokens
@@ -57,10 +57,7 @@ def _step(stepper: Seq2SeqStepper, rows: Seq2SeqRows, outputs: list[list[int]]) 
 def test_decode_steps_give_transformers_logits(
     name: str, row_loop: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lengths = [len(prompt) for prompt in FIRST_INPUTS]
-    assert any(  # a row that reads another's padding: the SDPA path needs the masks
-        len(set(lengths[group.start : group.stop])) > 1 for group in plan_row_groups(lengths)
-    )
+    assert a_group_reads_padding([len(prompt) for prompt in FIRST_INPUTS])
     torch.manual_seed(0)
     reference = T5ForConditionalGeneration(CONFIGS[name]).eval()
     stepper = Seq2SeqStepper(copy.deepcopy(reference), PAD, CacheFormat(1))
