@@ -68,11 +68,16 @@ class Seq2SeqPrefill:
 
     @property
     def size(self) -> int:
-        return int(self.encoder_mask.shape[0])
+        return int(self.ids.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Columns of the longest input."""
+        return int(self.ids.shape[1])
 
     @property
     def remaining(self) -> int:
-        return int(self.encoder_mask.shape[1]) - self.done
+        return self.width - self.done
 
 
 class Seq2SeqStepper:
@@ -101,9 +106,9 @@ class Seq2SeqStepper:
         values. No logits: the rows' first tokens come from the step they join."""
         if prefill.encoding is None:
             prefill.encoding = self._encoder.begin(prefill.ids, prefill.encoder_mask)
-        depth, width = self._encoder.depth, int(prefill.ids.shape[1])
-        self._encoder.advance(prefill.encoding, max(1, columns * depth // width))
-        prefill.done = width * prefill.encoding.layers // depth
+        depth = self._encoder.depth
+        self._encoder.advance(prefill.encoding, max(1, columns * depth // prefill.width))
+        prefill.done = prefill.width * prefill.encoding.layers // depth
         if prefill.remaining:
             return None
         states = self._encoder.states(prefill.encoding)
